@@ -27,7 +27,7 @@ const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("handshake line at byte offset 0: {0} (protocol.md §3)")]
+    #[error("handshake line at byte offset 0: {category}: {0} (protocol.md §3)", category = .0.category())]
     Header(#[source] HeaderError),
     #[error("frame {index} at byte offset {offset}: {source}")]
     Frame {
@@ -84,7 +84,9 @@ fn decode_as<M: Envelope>(
                 read: header.line().len(),
             }));
         }
-        if let Progress::Complete { consumed } = header.feed(&chunk[..n]).map_err(CaptureError::Header)? {
+        if let Progress::Complete { consumed } =
+            header.feed(&chunk[..n]).map_err(CaptureError::Header)?
+        {
             buf.extend_from_slice(&chunk[consumed..n]);
             break;
         }
@@ -124,10 +126,11 @@ fn decode_as<M: Envelope>(
             offset,
             source,
         })?;
-        if json_to_payload::<M>(&json).ok().as_deref() != Some(&payload[..]) {
-            if let Some(object) = json.as_object_mut() {
-                object.insert(WIRE_KEY.into(), BASE64.encode(&payload).into());
-            }
+        let canonical = json_to_payload::<M>(&json).ok();
+        if canonical.as_deref() != Some(&payload[..])
+            && let Some(object) = json.as_object_mut()
+        {
+            object.insert(WIRE_KEY.into(), BASE64.encode(&payload).into());
         }
         let line = serde_json::to_vec(&json).map_err(|err| CaptureError::Write(err.into()))?;
         write_line(out, &line)?;
@@ -157,7 +160,11 @@ fn encode_as<M: Envelope>(
     let mut number = 0;
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line).map_err(CaptureError::Read)? == 0 {
+        if input
+            .read_until(b'\n', &mut line)
+            .map_err(CaptureError::Read)?
+            == 0
+        {
             return if number == 0 {
                 Err(CaptureError::Line {
                     line: 1,

@@ -12,7 +12,11 @@ use codervpn_codec::Role;
 mod capture;
 
 #[derive(Debug, Parser)]
-#[command(name = "codervpn", version, about = "Toolkit for the CoderVPN manager/tunnel protocol")]
+#[command(
+    name = "codervpn",
+    version,
+    about = "Toolkit for the CoderVPN manager/tunnel protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,14 +63,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = BufWriter::new(stdout);
     let result = match &cli.command {
         Command::Decode { from, file } => {
-            capture::decode(*from, open_input(file.as_ref())?, &mut out).map_err(anyhow::Error::from)
+            capture::decode(*from, open_input(file.as_ref())?, &mut out)
+                .map_err(anyhow::Error::from)
         }
-        Command::Encode { from, file } => capture::encode(
-            *from,
-            BufReader::new(open_input(file.as_ref())?),
-            &mut out,
-        )
-        .map_err(anyhow::Error::from),
+        Command::Encode { from, file } => {
+            capture::encode(*from, BufReader::new(open_input(file.as_ref())?), &mut out)
+                .map_err(anyhow::Error::from)
+        }
     };
     // Whatever was decoded before an error is still printed.
     out.flush()?;

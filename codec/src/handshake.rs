@@ -160,16 +160,13 @@ impl VersionList {
     /// §3.6: the highest common major, with the lower of the two minors.
     /// Symmetric, so both sides agree.
     pub fn negotiate(&self, theirs: &VersionList) -> Option<Version> {
-        self.0
-            .iter()
-            .rev()
-            .find_map(|ours| {
-                theirs
-                    .0
-                    .iter()
-                    .find(|t| t.major == ours.major)
-                    .map(|t| Version::new(ours.major, ours.minor.min(t.minor)))
-            })
+        self.0.iter().rev().find_map(|ours| {
+            theirs
+                .0
+                .iter()
+                .find(|t| t.major == ours.major)
+                .map(|t| Version::new(ours.major, ours.minor.min(t.minor)))
+        })
     }
 }
 
@@ -270,7 +267,9 @@ pub enum HeaderError {
     },
     #[error("current supported versions {ours:?} is not compatible with peer versions {theirs:?}")]
     Incompatible { ours: String, theirs: String },
-    #[error("header malformed or too large: {read} bytes without a newline (limit {MAX_HEADER_LEN})")]
+    #[error(
+        "header malformed or too large: {read} bytes without a newline (limit {MAX_HEADER_LEN})"
+    )]
     Oversize { read: usize },
     #[error("read header: stream ended after {read} bytes, before the newline")]
     Eof { read: usize },
@@ -429,7 +428,9 @@ impl HeaderReader {
 
 /// Reads the peer's header line (without the LF) one byte at a time, so the
 /// reader is left exactly at the first frame byte.
-pub async fn read_header_line<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, HeaderError> {
+pub async fn read_header_line<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Vec<u8>, HeaderError> {
     let mut acc = HeaderReader::default();
     let mut byte = [0u8; 1];
     loop {

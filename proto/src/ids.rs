@@ -62,8 +62,14 @@ mod tests {
     fn uuid_vectors() {
         let id = Uuid::parse_str("01020304-0506-0708-090a-0b0c0d0e0f10").unwrap();
         assert_eq!(uuid_to_wire(id).as_ref(), (1u8..=16).collect::<Vec<_>>());
-        assert_eq!(agent_address(id).to_string(), "fd60:627a:a42b:708:90a:b0c:d0e:f10");
-        assert_eq!(ping_address(id).to_string(), "fd7a:115c:a1e0:708:90a:b0c:d0e:f10");
+        assert_eq!(
+            agent_address(id).to_string(),
+            "fd60:627a:a42b:708:90a:b0c:d0e:f10"
+        );
+        assert_eq!(
+            ping_address(id).to_string(),
+            "fd7a:115c:a1e0:708:90a:b0c:d0e:f10"
+        );
         let id = Uuid::parse_str("00000000-0000-0101-0000-000000000000").unwrap();
         assert_eq!(agent_address(id).to_string(), "fd60:627a:a42b:101::");
         assert_eq!(DNS_SERVER.to_string(), "fd60:627a:a42b::53");

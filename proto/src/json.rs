@@ -18,7 +18,7 @@ use crate::{DESCRIPTOR_SET, Envelope};
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
     /// The JSON text is not valid JSON or does not fit the message schema.
-    #[error("{message}: {source}")]
+    #[error("not a valid {message} in proto3 JSON: {source}")]
     Json {
         /// The message type it was read as.
         message: &'static str,
@@ -26,7 +26,7 @@ pub enum JsonError {
         source: serde_json::Error,
     },
     /// The payload is not valid protobuf for the message type.
-    #[error("{message}: {source}")]
+    #[error("payload is not a valid {message}: {source}")]
     Protobuf {
         /// The message type it was decoded as.
         message: &'static str,

@@ -14,6 +14,7 @@
 pub mod envelope;
 pub mod ids;
 pub mod json;
+pub mod sample;
 
 /// Generated prost types of package `vpn`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
