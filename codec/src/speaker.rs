@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{CodecError, MAX_FRAME_LEN, MessageCodec, encode_frame};
+use crate::frame::{CodecError, FrameCodec, MAX_FRAME_LEN, decode_payload, encode_frame};
 use crate::handshake::{Header, HeaderError, Negotiated, VersionList, handshake};
 use crate::role::{AfterWrite, Side};
 use crate::rpc::{Delivery, IdCounter, Kind, Pending, classify};
@@ -42,6 +42,9 @@ pub struct SpeakerConfig {
     pub handshake_timeout: Duration,
     /// Default bound on a call's reply.
     pub call_timeout: Duration,
+    /// Bound on waiting for room in the outgoing queue (a peer that stops
+    /// reading, §5.8 item 3).
+    pub send_timeout: Duration,
     /// Bound on flushing and closing in [`Speaker::close`].
     pub close_timeout: Duration,
     /// Payload cap for both directions (§4.2).
@@ -56,6 +59,7 @@ impl Default for SpeakerConfig {
             versions: VersionList::default(),
             handshake_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
             max_frame_len: MAX_FRAME_LEN,
             queue_len: 64,
@@ -112,6 +116,8 @@ pub enum SpeakerError {
     Closed(CloseReason),
     #[error("no reply within {0:?}")]
     TimedOut(Duration),
+    #[error("outgoing queue still full after {0:?}: the peer is not reading")]
+    QueueFull(Duration),
 }
 
 /// Counters for diagnostics and tests.
@@ -150,8 +156,9 @@ struct Shared<S: Side> {
     /// Set once a sealing message is queued: later sends fail early. The
     /// writer enforces the rule itself as well.
     sealed: AtomicBool,
-    /// The tunnel's StopResponse is out: the handler gets nothing more.
-    final_written: AtomicBool,
+    /// The tunnel's StopResponse is queued: the handler gets nothing more
+    /// (§7.1 rule 3), even before the writer has reached it.
+    final_queued: AtomicBool,
     reason: watch::Sender<Option<CloseReason>>,
     cancel: CancellationToken,
     counters: Counters,
@@ -221,11 +228,11 @@ impl<S: Side> Incoming<S> {
     /// and everything read before the end has been taken. After the tunnel's
     /// StopResponse nothing more is handed out (§7.1 rule 3).
     pub async fn recv(&mut self) -> Option<Inbound<S::In>> {
-        if self.shared.final_written.load(Ordering::SeqCst) {
+        if self.shared.final_queued.load(Ordering::SeqCst) {
             return None;
         }
         let next = self.rx.recv().await;
-        if self.shared.final_written.load(Ordering::SeqCst) {
+        if self.shared.final_queued.load(Ordering::SeqCst) {
             return None;
         }
         next
@@ -272,7 +279,7 @@ impl<S: Side> Speaker<S> {
             pending: Pending::default(),
             ids: IdCounter::default(),
             sealed: AtomicBool::new(false),
-            final_written: AtomicBool::new(false),
+            final_queued: AtomicBool::new(false),
             reason: watch::Sender::new(None),
             cancel: CancellationToken::new(),
             counters: Counters::default(),
@@ -316,12 +323,14 @@ impl<S: Side> Speaker<S> {
             pending: &self.shared.pending,
             id,
         };
-        self.enqueue(&msg).await?;
-        match tokio::time::timeout(timeout, reply).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(self.shared.closed_error()),
-            Err(_) => Err(SpeakerError::TimedOut(timeout)),
-        }
+        let exchange = async {
+            self.enqueue(&msg).await?;
+            reply.await.map_err(|_| self.shared.closed_error())
+        };
+        // The bound covers waiting for room in the queue as well.
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(SpeakerError::TimedOut(timeout)))
     }
 
     /// Sends a one-way message: the `rpc` field is removed (§5.7 item 2).
@@ -345,18 +354,20 @@ impl<S: Side> Speaker<S> {
     /// Writes bytes verbatim, in order with the frames: for test harnesses
     /// that must send malformed input. Write rules do not apply.
     pub async fn send_raw(&self, bytes: Bytes) -> Result<(), SpeakerError> {
-        self.out
-            .send(Outgoing::Frame {
-                bytes,
-                after: AfterWrite::Continue,
-            })
-            .await
-            .map_err(|_| self.shared.closed_error())
+        self.reserve().await?.send(Outgoing::Frame {
+            bytes,
+            after: AfterWrite::Continue,
+        });
+        Ok(())
     }
 
     async fn enqueue(&self, msg: &S::Out) -> Result<(), SpeakerError> {
         let after = S::after_write(msg);
         let bytes = encode_frame(msg, self.shared.config.max_frame_len)?;
+        // Take the queue slot first: a message that seals the stream must
+        // only seal it once it is certain to be queued, or a failed attempt
+        // would leave a StopResponse that can never be sent.
+        let slot = self.reserve().await?;
         let already_sealed = if after == AfterWrite::Continue {
             self.shared.sealed.load(Ordering::SeqCst)
         } else {
@@ -368,10 +379,21 @@ impl<S: Side> Speaker<S> {
                 None => SpeakerError::Sealed,
             });
         }
-        self.out
-            .send(Outgoing::Frame { bytes, after })
-            .await
-            .map_err(|_| self.shared.closed_error())
+        if after == AfterWrite::SealAndClose {
+            self.shared.final_queued.store(true, Ordering::SeqCst);
+        }
+        slot.send(Outgoing::Frame { bytes, after });
+        Ok(())
+    }
+
+    /// Waits, within the send timeout, for room in the outgoing queue.
+    async fn reserve(&self) -> Result<mpsc::Permit<'_, Outgoing>, SpeakerError> {
+        let bound = self.shared.config.send_timeout;
+        match tokio::time::timeout(bound, self.out.reserve()).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_)) => Err(self.shared.closed_error()),
+            Err(_) => Err(SpeakerError::QueueFull(bound)),
+        }
     }
 
     /// Flushes what is queued, closes the stream in both directions and
@@ -470,10 +492,7 @@ async fn write_loop<S: Side, W: AsyncWrite + Unpin>(
         match after {
             AfterWrite::Continue => {}
             AfterWrite::Seal => sealed = true,
-            AfterWrite::SealAndClose => {
-                shared.final_written.store(true, Ordering::SeqCst);
-                break Some(CloseReason::FinalFrameWritten);
-            }
+            AfterWrite::SealAndClose => break Some(CloseReason::FinalFrameWritten),
         }
     };
     if let Some(reason) = reason {
@@ -493,7 +512,7 @@ async fn read_loop<S: Side, R: AsyncRead + Unpin>(
     handler: mpsc::Sender<Inbound<S::In>>,
     shared: Arc<Shared<S>>,
 ) {
-    let codec = MessageCodec::<S::In, S::Out>::new(shared.config.max_frame_len);
+    let codec = FrameCodec::new(shared.config.max_frame_len);
     let mut frames = FramedRead::with_capacity(reader, codec, 16 * 1024);
     let reason = loop {
         let next = tokio::select! {
@@ -501,15 +520,19 @@ async fn read_loop<S: Side, R: AsyncRead + Unpin>(
             _ = shared.cancel.cancelled() => break None,
             next = frames.next() => next,
         };
-        let msg = match next {
+        let payload = match next {
             None => break Some(CloseReason::PeerClosed),
             Some(Err(err)) => break Some(CloseReason::Receive(Arc::new(err))),
-            Some(Ok(msg)) => msg,
+            Some(Ok(payload)) => payload,
         };
         bump(&shared.counters.frames_received);
-        if msg == S::In::default() {
+        if payload.is_empty() {
             bump(&shared.counters.empty_frames);
         }
+        let msg = match decode_payload::<S::In>(payload) {
+            Ok(msg) => msg,
+            Err(err) => break Some(CloseReason::Receive(Arc::new(err))),
+        };
         let inbound = match classify(msg.rpc()) {
             Kind::Response(id) => {
                 if shared.pending.deliver(id, msg) == Delivery::Unmatched {
