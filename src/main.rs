@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use codervpn_codec::Role;
 
 mod capture;
+mod tunnel_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +43,22 @@ enum Command {
         /// Input file; standard input when absent.
         file: Option<PathBuf>,
     },
+    /// Run the reference tunnel on a stream from a manager.
+    Tunnel(tunnel_cmd::TunnelArgs),
+    /// `coder vpn-daemon` compatible entry point.
+    #[command(name = "vpn-daemon", hide = true)]
+    VpnDaemon {
+        #[command(subcommand)]
+        command: VpnDaemon,
+    },
+    /// Run the mock Coder control plane.
+    MockCoder(codervpn_mock_coder::cli::MockCoderArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum VpnDaemon {
+    /// Same as `codervpn tunnel`.
+    Run(tunnel_cmd::TunnelArgs),
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -58,10 +75,12 @@ fn open_input(file: Option<&PathBuf>) -> anyhow::Result<Box<dyn Read>> {
     })
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// `decode` or `encode`: whatever was written before an error is still
+/// flushed, then the error is returned.
+fn capture(command: Command) -> anyhow::Result<()> {
     let stdout = std::io::stdout().lock();
     let mut out = BufWriter::new(stdout);
-    let result = match &cli.command {
+    let result = match &command {
         Command::Decode { from, file } => {
             capture::decode(*from, open_input(file.as_ref())?, &mut out)
                 .map_err(anyhow::Error::from)
@@ -70,15 +89,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             capture::encode(*from, BufReader::new(open_input(file.as_ref())?), &mut out)
                 .map_err(anyhow::Error::from)
         }
+        _ => Ok(()),
     };
-    // Whatever was decoded before an error is still printed.
     out.flush()?;
     result
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    match Cli::parse().command {
+        Command::Tunnel(args)
+        | Command::VpnDaemon {
+            command: VpnDaemon::Run(args),
+        } => tunnel_cmd::run(args),
+        Command::MockCoder(args) => mock_coder(args),
+        command @ (Command::Decode { .. } | Command::Encode { .. }) => match capture(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn mock_coder(args: codervpn_mock_coder::cli::MockCoderArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(codervpn_mock_coder::cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

@@ -1,0 +1,151 @@
+//! `codervpn tunnel` (alias `codervpn vpn-daemon run`): the reference tunnel
+//! launched the way Coder Desktop launches `coder vpn-daemon run`
+//! (protocol.md §2.2).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use codervpn_codec::VersionList;
+use codervpn_reference_tunnel::control::session::SessionConfig;
+use codervpn_reference_tunnel::logs::manager_logs;
+use codervpn_reference_tunnel::{Ending, TunnelConfig, fd, serve};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+#[derive(Debug, Args)]
+pub struct TunnelArgs {
+    /// Descriptor to read the manager's frames from (with --rpc-write-fd;
+    /// both absent: standard input and output).
+    #[arg(
+        long,
+        env = "CODER_VPN_DAEMON_RPC_READ_FD",
+        allow_negative_numbers = true
+    )]
+    rpc_read_fd: Option<i64>,
+    /// Descriptor to write the tunnel's frames to.
+    #[arg(
+        long,
+        env = "CODER_VPN_DAEMON_RPC_WRITE_FD",
+        allow_negative_numbers = true
+    )]
+    rpc_write_fd: Option<i64>,
+    /// Versions to advertise in the handshake (§3.6).
+    #[arg(long, default_value = "1.2")]
+    versions: VersionList,
+    /// Period of the all-agents PeerUpdate (§6.9).
+    #[arg(long, default_value_t = 5000)]
+    update_interval_ms: u64,
+    /// Bound on a whole Start (§6.2 item 4).
+    #[arg(long, default_value_t = 60_000)]
+    start_timeout_ms: u64,
+    /// Bound on each NetworkSettings request (§6.10 item 2).
+    #[arg(long, default_value_t = 30_000)]
+    network_settings_timeout_ms: u64,
+    /// Close the stream when no complete header came in this time (§3.8).
+    #[arg(long, default_value_t = 10_000)]
+    handshake_timeout_ms: u64,
+    /// MTU announced to the manager.
+    #[arg(long, default_value_t = 1280)]
+    mtu: u32,
+    /// Do not send NetworkSettingsRequests (an OS-configured tunnel, §6.10 item 3).
+    #[arg(long)]
+    no_network_settings: bool,
+    /// Least severe level forwarded to the manager as Log messages.
+    #[arg(long, default_value = "info")]
+    manager_log_level: tracing::Level,
+    /// Least severe level written to standard error.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+}
+
+pub fn run(args: TunnelArgs) -> ExitCode {
+    let (layer, queue) = manager_logs(args.manager_log_level);
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(tracing_subscriber::filter::LevelFilter::from_level(
+            args.log_level,
+        ));
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(stderr)
+        .init();
+
+    // Check the flags before touching any descriptor (§2.2 item 2).
+    let fds = match (args.rpc_read_fd, args.rpc_write_fd) {
+        (Some(read), Some(write)) => match fd::check_pair(read, write) {
+            Ok(_) => Some((read, write)),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+        _ => {
+            eprintln!("error: --rpc-read-fd and --rpc-write-fd go together");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = TunnelConfig {
+        versions: args.versions,
+        handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+        start_timeout: Duration::from_millis(args.start_timeout_ms),
+        session: SessionConfig {
+            update_interval: Duration::from_millis(args.update_interval_ms.max(1)),
+            network_settings_timeout: Duration::from_millis(args.network_settings_timeout_ms),
+            mtu: args.mtu,
+            send_network_settings: !args.no_network_settings,
+        },
+    };
+    let code = runtime.block_on(async move {
+        let stream = match fds {
+            Some((read, write)) => fd::inherited(read, write),
+            None => fd::stdio(),
+        };
+        let (reader, writer) = match stream {
+            Ok(stream) => stream,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        tokio::select! {
+            ending = serve(reader, writer, config, Some(queue)) => match ending {
+                Ok(Ending::Stopped | Ending::StreamClosed) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            },
+            () = terminated() => ExitCode::SUCCESS,
+        }
+    });
+    // Do not wait for stray blocking reads (stdio) to finish.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+/// SIGTERM or SIGINT (§2.2 item 7: exit promptly).
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
