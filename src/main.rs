@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use codervpn_codec::Role;
 
 mod capture;
+mod conform_cmd;
 mod tunnel_cmd;
 
 #[derive(Debug, Parser)]
@@ -43,6 +44,8 @@ enum Command {
         /// Input file; standard input when absent.
         file: Option<PathBuf>,
     },
+    /// Run the conformance suite (default: against the built-in reference tunnel).
+    Conform(conform_cmd::ConformArgs),
     /// Run the reference tunnel on a stream from a manager.
     Tunnel(tunnel_cmd::TunnelArgs),
     /// `coder vpn-daemon` compatible entry point.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             command: VpnDaemon::Run(args),
         } => tunnel_cmd::run(args),
         Command::MockCoder(args) => mock_coder(args),
+        Command::Conform(args) => conform_cmd::run(args),
         command @ (Command::Decode { .. } | Command::Encode { .. }) => match capture(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

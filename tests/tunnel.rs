@@ -622,7 +622,11 @@ async fn descriptor_flags_are_checked_before_use() {
 /// descriptors and drives Start, GetPeerUpdate, a timeline diff and Stop.
 #[tokio::test]
 async fn an_independent_manager_drives_the_tunnel_over_inherited_fds() {
-    if std::process::Command::new("python3").arg("--version").output().is_err() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         assert!(std::env::var_os("CI").is_none(), "CI needs python3");
         eprintln!("SKIP: python3 not found");
         return;
@@ -641,13 +645,25 @@ async fn an_independent_manager_drives_the_tunnel_over_inherited_fds() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/independent_manager.py");
     let out = within(
         "python manager",
-        Command::new("python3").args([script, BIN, &mock.url(), TOKEN]).output(),
+        Command::new("python3")
+            .args([script, BIN, &mock.url(), TOKEN])
+            .output(),
     )
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("full state: 3 workspaces, 4 agents"), "{stdout}");
-    assert!(stdout.contains("StopResponse was the last frame, then EOF"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("full state: 3 workspaces, 4 agents"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("StopResponse was the last frame, then EOF"),
+        "{stdout}"
+    );
     mock.shutdown().await;
 }

@@ -1,0 +1,763 @@
+//! Runs one transcript against a live peer over its raw byte stream.
+//!
+//! The harness reads and writes bytes itself rather than through the
+//! codec's speaker: a conformance tool must see exactly what the peer sent
+//! (a frame after StopResponse, a header it should not have sent) and must
+//! be able to send what a well-behaved speaker never would. Every byte in
+//! either direction is recorded.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use codervpn_codec::handshake::{Header, HeaderReader, Progress};
+use codervpn_codec::{FrameCodec, Role, Side, VersionList};
+use codervpn_mock_coder::{Action, MockCoder};
+use codervpn_proto::json::{json_to_payload, payload_to_json};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant as TokioInstant;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::checks;
+use crate::matcher::Bindings;
+use crate::target::Stream;
+use crate::transcript::{
+    Answer, Direction, Event, Expectation, Recorded, RecordedItem, Transcript,
+};
+
+/// How a case ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Passed, but something was late or odd.
+    Warn(String),
+    /// A rule was broken (graded by the case's level).
+    Fail(String),
+}
+
+/// The verdict and everything that was recorded.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub recorded: Vec<Recorded>,
+}
+
+enum Incoming {
+    Header(Vec<u8>),
+    Frame(bytes::Bytes),
+    Eof,
+    Error(String),
+}
+
+enum Write {
+    Bytes(Vec<u8>),
+    Slowly(Vec<u8>),
+    Close,
+}
+
+type Log = Arc<Mutex<Vec<Recorded>>>;
+
+fn record(log: &Log, started: Instant, dir: Direction, what: RecordedItem) {
+    let at_ms = started.elapsed().as_millis() as u64;
+    log.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Recorded { at_ms, dir, what });
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Parses hex with optional spaces.
+pub fn unhex(text: &str) -> Result<Vec<u8>, String> {
+    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!("odd number of hex digits in {text:?}"));
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("bad hex {text:?}")))
+        .collect()
+}
+
+/// Replaces the API token and header values in a message to be recorded
+/// (protocol.md §6.2 item 6).
+pub fn redact(msg: &Value) -> Value {
+    let mut msg = msg.clone();
+    if let Some(start) = msg.get_mut("start").and_then(Value::as_object_mut) {
+        if start.contains_key("apiToken") {
+            start.insert("apiToken".into(), json!("<redacted>"));
+        }
+        if let Some(headers) = start.get_mut("headers").and_then(Value::as_array_mut) {
+            for header in headers {
+                if let Some(h) = header.as_object_mut() {
+                    h.insert("value".into(), json!("<redacted>"));
+                }
+            }
+        }
+    }
+    msg
+}
+
+async fn read_loop(
+    mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    tx: mpsc::UnboundedSender<Incoming>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut header = Some(HeaderReader::default());
+    let mut frames = FrameCodec::default();
+    loop {
+        let read = reader.read_buf(&mut buf).await;
+        let eof = matches!(read, Ok(0));
+        if let Err(err) = read {
+            let _ = tx.send(Incoming::Error(format!("read failed: {err}")));
+            return;
+        }
+        if let Some(reader_state) = header.as_mut() {
+            match reader_state.feed(&buf) {
+                Ok(Progress::Complete { consumed }) => {
+                    let line = reader_state.line().to_vec();
+                    let _ = buf.split_to(consumed);
+                    header = None;
+                    let _ = tx.send(Incoming::Header(line));
+                }
+                Ok(Progress::NeedMore) => {
+                    buf.clear();
+                    if eof {
+                        let _ = tx.send(Incoming::Eof);
+                        return;
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    let _ = tx.send(Incoming::Error(format!("peer header: {err}")));
+                    return;
+                }
+            }
+        }
+        loop {
+            let next = if eof {
+                frames.decode_eof(&mut buf)
+            } else {
+                frames.decode(&mut buf)
+            };
+            match next {
+                Ok(Some(frame)) => {
+                    let _ = tx.send(Incoming::Frame(frame));
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    let _ = tx.send(Incoming::Error(err.to_string()));
+                    return;
+                }
+            }
+        }
+        if eof {
+            let _ = tx.send(Incoming::Eof);
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    mut writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    mut rx: mpsc::UnboundedReceiver<Write>,
+    log: Log,
+    started: Instant,
+) {
+    let mut broken = false;
+    while let Some(op) = rx.recv().await {
+        if broken {
+            continue;
+        }
+        let result = match op {
+            Write::Bytes(bytes) => writer.write_all(&bytes).await.and(writer.flush().await),
+            Write::Slowly(bytes) => {
+                let mut result = Ok(());
+                for byte in bytes {
+                    result = writer.write_all(&[byte]).await.and(writer.flush().await);
+                    if result.is_err() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                result
+            }
+            Write::Close => {
+                let _ = writer.shutdown().await;
+                return;
+            }
+        };
+        if let Err(err) = result {
+            // The peer may close after rejecting us (§3.7 item 5).
+            broken = true;
+            record(
+                &log,
+                started,
+                Direction::Sent,
+                RecordedItem::Error(format!("write failed: {err}")),
+            );
+        }
+    }
+}
+
+/// Runs `case` with the harness playing side `S` over `stream`.
+pub async fn run<S: Side>(
+    case: &Transcript,
+    stream: Stream,
+    mock: Option<&MockCoder>,
+    token: &str,
+) -> Outcome {
+    let started = Instant::now();
+    let log: Log = Arc::default();
+    let (reader, writer) = stream;
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let reading = tokio::spawn(read_loop(reader, in_tx));
+    let writing = tokio::spawn(write_loop(writer, out_rx, log.clone(), started));
+    let mut bindings = Bindings::default();
+    match mock {
+        Some(mock) => {
+            bindings.set("coder_url", json!(mock.url()));
+            bindings.set("api_token", json!(token));
+        }
+        None => {
+            // Wire tier: nobody listens there, so Start fails cleanly.
+            bindings.set("coder_url", json!("http://127.0.0.1:9"));
+            bindings.set("api_token", json!("conformance-token"));
+        }
+    }
+    let mut run = Run::<S> {
+        case,
+        bindings,
+        incoming: in_rx,
+        out: out_tx,
+        log: log.clone(),
+        started,
+        warnings: Vec::new(),
+        mock,
+        closed: false,
+        step: 0,
+        _side: std::marker::PhantomData,
+    };
+    let limit = Duration::from_millis(case.timeout_ms);
+    let verdict = match tokio::time::timeout(limit, run.events()).await {
+        Err(_) => {
+            let step = run.step;
+            let name = case
+                .events
+                .get(step.wrapping_sub(1))
+                .map_or("?", event_name);
+            Verdict::Fail(format!(
+                "step {step} ({name}): {}: the case did not finish within {limit:?} (stalled)",
+                case.spec
+            ))
+        }
+        Ok(Err(failure)) => Verdict::Fail(failure),
+        Ok(Ok(())) if run.warnings.is_empty() => Verdict::Pass,
+        Ok(Ok(())) => Verdict::Warn(run.warnings.join("; ")),
+    };
+    drop(run);
+    reading.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(1), writing).await;
+    let recorded = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
+    Outcome { verdict, recorded }
+}
+
+struct Run<'a, S: Side> {
+    case: &'a Transcript,
+    bindings: Bindings,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    out: mpsc::UnboundedSender<Write>,
+    log: Log,
+    started: Instant,
+    warnings: Vec<String>,
+    mock: Option<&'a MockCoder>,
+    /// The peer's EOF has been seen.
+    closed: bool,
+    /// The step being run (1-based), for reports of a stalled case.
+    step: usize,
+    _side: std::marker::PhantomData<S>,
+}
+
+/// What a received message is to the harness besides a match candidate.
+enum Background {
+    No,
+    Yes,
+    /// A request the harness answers (NetworkSettings, §6.4 item 1).
+    Answer(String),
+}
+
+impl<S: Side> Run<'_, S> {
+    fn rule(&self) -> &str {
+        &self.case.spec
+    }
+
+    fn send_bytes(&mut self, bytes: Vec<u8>, slowly: bool) {
+        let _ = self.out.send(if slowly {
+            Write::Slowly(bytes)
+        } else {
+            Write::Bytes(bytes)
+        });
+    }
+
+    async fn events(&mut self) -> Result<(), String> {
+        for (index, event) in self.case.events.iter().enumerate() {
+            let step = index + 1;
+            self.step = step;
+            self.event(event)
+                .await
+                .map_err(|why| format!("step {step} ({}): {why}", event_name(event)))?;
+        }
+        Ok(())
+    }
+
+    async fn event(&mut self, event: &Event) -> Result<(), String> {
+        match event {
+            Event::Handshake { versions, withhold } => {
+                let versions: VersionList = versions
+                    .as_deref()
+                    .unwrap_or("1.2")
+                    .parse()
+                    .map_err(|e| format!("bad versions in the case: {e}"))?;
+                let line = Header::new(S::ROLE, versions.clone()).to_line();
+                if !withhold {
+                    self.send_header(&line);
+                }
+                let peer = self.peer_header(5_000).await?;
+                if *withhold {
+                    self.send_header(&line);
+                }
+                let header = Header::parse(&peer, S::ROLE.peer()).map_err(|e| {
+                    format!(
+                        "{}: the peer's header {:?} is invalid: {e} ({})",
+                        self.rule(),
+                        String::from_utf8_lossy(&peer),
+                        e.category()
+                    )
+                })?;
+                Header::negotiate(&versions, &header)
+                    .map_err(|e| format!("{}: {e}", self.rule()))?;
+                Ok(())
+            }
+            Event::SendHeader(text) => {
+                self.send_header(text);
+                Ok(())
+            }
+            Event::ExpectHeader { within_ms } => {
+                let peer = self.peer_header(*within_ms).await?;
+                Header::parse(&peer, S::ROLE.peer()).map_err(|e| {
+                    format!(
+                        "{}: the peer's header {:?} is invalid: {e}",
+                        self.rule(),
+                        String::from_utf8_lossy(&peer)
+                    )
+                })?;
+                Ok(())
+            }
+            Event::Send(template) => {
+                let msg = self.bindings.resolve(template);
+                let payload = json_to_payload::<S::Out>(&msg)
+                    .map_err(|e| format!("bad message in the case: {e}"))?;
+                let mut frame = BytesMut::new();
+                FrameCodec::default()
+                    .encode(&payload[..], &mut frame)
+                    .map_err(|e| format!("cannot frame the message: {e}"))?;
+                record(
+                    &self.log,
+                    self.started,
+                    Direction::Sent,
+                    RecordedItem::Message(redact(&msg)),
+                );
+                self.send_bytes(frame.to_vec(), false);
+                Ok(())
+            }
+            Event::SendRaw(text) | Event::SendRawSlowly(text) => {
+                let bytes = unhex(text)?;
+                record(
+                    &self.log,
+                    self.started,
+                    Direction::Sent,
+                    RecordedItem::Raw(hex(&bytes)),
+                );
+                self.send_bytes(bytes, matches!(event, Event::SendRawSlowly(_)));
+                Ok(())
+            }
+            Event::Expect(Expectation {
+                message,
+                within_ms,
+                warn_after_ms,
+            }) => {
+                let started = Instant::now();
+                self.expect(std::slice::from_ref(message), *within_ms)
+                    .await?;
+                if let Some(warn) = warn_after_ms
+                    && started.elapsed() > Duration::from_millis(*warn)
+                {
+                    self.warnings.push(format!(
+                        "{}: arrived after {:?} (more than {warn} ms)",
+                        self.rule(),
+                        started.elapsed()
+                    ));
+                }
+                Ok(())
+            }
+            Event::ExpectAnyOrder {
+                messages,
+                within_ms,
+            } => self.expect(messages, *within_ms).await,
+            Event::ExpectEof {
+                within_ms,
+                warn_after_ms,
+            } => {
+                let started = Instant::now();
+                self.expect_eof(*within_ms).await?;
+                if let Some(warn) = warn_after_ms
+                    && started.elapsed() > Duration::from_millis(*warn)
+                {
+                    self.warnings.push(format!(
+                        "{}: EOF came after {:?} (more than {warn} ms)",
+                        self.rule(),
+                        started.elapsed()
+                    ));
+                }
+                Ok(())
+            }
+            Event::ExpectNothing { for_ms } => self.expect_nothing(*for_ms).await,
+            Event::Sleep { ms } => self.background_for(*ms).await,
+            Event::CloseWrite => {
+                let _ = self.out.send(Write::Close);
+                Ok(())
+            }
+            Event::Control(action) => {
+                let action: Action = serde_json::from_value(action.clone())
+                    .map_err(|e| format!("bad control action in the case: {e}"))?;
+                let mock = self
+                    .mock
+                    .ok_or("this case needs the mock control plane (tier control)")?;
+                mock.apply(action);
+                Ok(())
+            }
+        }
+    }
+
+    fn send_header(&mut self, text: &str) {
+        record(
+            &self.log,
+            self.started,
+            Direction::Sent,
+            RecordedItem::Header(text.to_owned()),
+        );
+        self.send_bytes(text.as_bytes().to_vec(), false);
+    }
+
+    async fn next(&mut self, deadline: TokioInstant) -> Option<Incoming> {
+        tokio::time::timeout_at(deadline, self.incoming.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn peer_header(&mut self, within_ms: u64) -> Result<Vec<u8>, String> {
+        let deadline = TokioInstant::now() + Duration::from_millis(within_ms);
+        match self.next(deadline).await {
+            Some(Incoming::Header(line)) => {
+                let text = format!("{}\n", String::from_utf8_lossy(&line));
+                record(
+                    &self.log,
+                    self.started,
+                    Direction::Received,
+                    RecordedItem::Header(text),
+                );
+                Ok(line)
+            }
+            Some(Incoming::Eof) => {
+                self.closed = true;
+                record(
+                    &self.log,
+                    self.started,
+                    Direction::Received,
+                    RecordedItem::Eof,
+                );
+                Err(format!(
+                    "{}: the peer closed the stream before sending its header (hung up)",
+                    self.rule()
+                ))
+            }
+            Some(Incoming::Error(err)) => {
+                record(
+                    &self.log,
+                    self.started,
+                    Direction::Received,
+                    RecordedItem::Error(err.clone()),
+                );
+                Err(format!("{}: {err}", self.rule()))
+            }
+            Some(Incoming::Frame(_)) => Err("a frame before the header".into()),
+            None => Err(format!(
+                "{}: no header from the peer within {within_ms} ms (stalled)",
+                self.rule()
+            )),
+        }
+    }
+
+    /// The next message as JSON, recorded and checked; `Err` on EOF,
+    /// a stream error, or a timeout (`Ok(None)`).
+    async fn next_message(&mut self, deadline: TokioInstant) -> Result<Option<Value>, String> {
+        if self.closed {
+            return Err("the peer had already closed the stream".into());
+        }
+        match self.next(deadline).await {
+            None => Ok(None),
+            Some(Incoming::Frame(frame)) => {
+                if frame.is_empty() {
+                    record(
+                        &self.log,
+                        self.started,
+                        Direction::Received,
+                        RecordedItem::Raw(String::new()),
+                    );
+                    return Err("protocol.md §4.4 item 3: the peer sent a zero-length frame".into());
+                }
+                let msg = payload_to_json::<S::In>(&frame).map_err(|e| {
+                    record(
+                        &self.log,
+                        self.started,
+                        Direction::Received,
+                        RecordedItem::Raw(hex(&frame)),
+                    );
+                    format!("protocol.md §4.1: the peer sent an undecodable frame: {e}")
+                })?;
+                record(
+                    &self.log,
+                    self.started,
+                    Direction::Received,
+                    RecordedItem::Message(msg.clone()),
+                );
+                if let Some(update) = msg.get("peerUpdate") {
+                    let is_reply = msg.pointer("/rpc/responseTo").is_some();
+                    checks::peer_update(update, is_reply)
+                        .map_err(|e| format!("protocol.md §6.7: {e}"))?;
+                }
+                Ok(Some(msg))
+            }
+            Some(Incoming::Eof) => {
+                self.closed = true;
+                record(
+                    &self.log,
+                    self.started,
+                    Direction::Received,
+                    RecordedItem::Eof,
+                );
+                Err("the peer closed the stream (hung up)".into())
+            }
+            Some(Incoming::Error(err)) => {
+                record(
+                    &self.log,
+                    self.started,
+                    Direction::Received,
+                    RecordedItem::Error(err.clone()),
+                );
+                Err(format!("receive error: {err}"))
+            }
+            Some(Incoming::Header(_)) => Err("a second header line".into()),
+        }
+    }
+
+    fn background(&self, msg: &Value) -> Background {
+        let request_id = msg
+            .pointer("/rpc/msgId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let one_way = msg.pointer("/rpc/responseTo").is_none() && request_id.is_none();
+        match S::ROLE {
+            Role::Manager => {
+                if (msg.get("log").is_some() || msg.get("peerUpdate").is_some()) && one_way {
+                    Background::Yes
+                } else if let (Some(_), Some(id)) = (msg.get("networkSettings"), request_id) {
+                    Background::Answer(id)
+                } else {
+                    Background::No
+                }
+            }
+            _ => Background::No,
+        }
+    }
+
+    fn answer(&mut self, id: String) {
+        let reply = json!({"rpc": {"responseTo": id}, "networkSettings": {"success": true}});
+        let delay = match &self.case.network_settings {
+            Answer::Withhold => return,
+            Answer::Answer => None,
+            Answer::Delay { ms } => Some(Duration::from_millis(*ms)),
+        };
+        let Ok(payload) = json_to_payload::<S::Out>(&reply) else {
+            return;
+        };
+        let mut frame = BytesMut::new();
+        if FrameCodec::default()
+            .encode(&payload[..], &mut frame)
+            .is_err()
+        {
+            return;
+        }
+        let out = self.out.clone();
+        let log = self.log.clone();
+        let started = self.started;
+        let send = move || {
+            record(&log, started, Direction::Sent, RecordedItem::Message(reply));
+            let _ = out.send(Write::Bytes(frame.to_vec()));
+        };
+        match delay {
+            None => send(),
+            Some(delay) => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    send();
+                });
+            }
+        }
+    }
+
+    /// Waits until every pattern has matched one message, in any order.
+    async fn expect(&mut self, patterns: &[Value], within_ms: u64) -> Result<(), String> {
+        let deadline = TokioInstant::now() + Duration::from_millis(within_ms);
+        let mut left: Vec<Value> = patterns.to_vec();
+        while !left.is_empty() {
+            let msg = match self.next_message(deadline).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    return Err(format!(
+                        "{}: expected {} within {within_ms} ms, got nothing (stalled)",
+                        self.rule(),
+                        show(&left)
+                    ));
+                }
+                Err(why) => {
+                    return Err(format!(
+                        "{}: expected {}, but {why}",
+                        self.rule(),
+                        show(&left)
+                    ));
+                }
+            };
+            if let Some(i) = left
+                .iter()
+                .position(|p| self.bindings.matches(p, &msg).is_ok())
+            {
+                left.remove(i);
+                continue;
+            }
+            match self.background(&msg) {
+                Background::Yes => {}
+                Background::Answer(id) => self.answer(id),
+                Background::No => {
+                    let why = left
+                        .first()
+                        .and_then(|p| self.bindings.clone().matches(p, &msg).err())
+                        .map(|m| m.to_string())
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "{}: expected {}, got {msg} ({why})",
+                        self.rule(),
+                        show(&left)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn expect_eof(&mut self, within_ms: u64) -> Result<(), String> {
+        if self.closed {
+            return Ok(());
+        }
+        let deadline = TokioInstant::now() + Duration::from_millis(within_ms);
+        match self.next_message(deadline).await {
+            Ok(None) => Err(format!(
+                "{}: the stream was not closed within {within_ms} ms",
+                self.rule()
+            )),
+            Ok(Some(msg)) => Err(format!("{}: expected EOF, got a frame: {msg}", self.rule())),
+            Err(_) if self.closed => Ok(()),
+            Err(why) => Err(format!("{}: expected EOF, but {why}", self.rule())),
+        }
+    }
+
+    async fn expect_nothing(&mut self, for_ms: u64) -> Result<(), String> {
+        let deadline = TokioInstant::now() + Duration::from_millis(for_ms);
+        loop {
+            match self.next_message(deadline).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(msg)) => match self.background(&msg) {
+                    Background::Yes => {}
+                    Background::Answer(id) => self.answer(id),
+                    Background::No => {
+                        return Err(format!("{}: expected nothing, got {msg}", self.rule()));
+                    }
+                },
+                Err(why) => {
+                    return Err(format!(
+                        "{}: expected the stream to stay open and quiet, but {why}",
+                        self.rule()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits, still answering and checking background traffic.
+    async fn background_for(&mut self, ms: u64) -> Result<(), String> {
+        if self.closed {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            return Ok(());
+        }
+        let deadline = TokioInstant::now() + Duration::from_millis(ms);
+        loop {
+            match self.next_message(deadline).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(msg)) => match self.background(&msg) {
+                    Background::Yes => {}
+                    Background::Answer(id) => self.answer(id),
+                    Background::No => {
+                        return Err(format!("unexpected message while waiting: {msg}"));
+                    }
+                },
+                Err(_) if self.closed => return Ok(()),
+                Err(why) => return Err(why),
+            }
+        }
+    }
+}
+
+fn show(patterns: &[Value]) -> String {
+    patterns
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Handshake { .. } => "handshake",
+        Event::SendHeader(_) => "send_header",
+        Event::ExpectHeader { .. } => "expect_header",
+        Event::Send(_) => "send",
+        Event::SendRaw(_) => "send_raw",
+        Event::SendRawSlowly(_) => "send_raw_slowly",
+        Event::Expect(_) => "expect",
+        Event::ExpectAnyOrder { .. } => "expect_any_order",
+        Event::ExpectEof { .. } => "expect_eof",
+        Event::ExpectNothing { .. } => "expect_nothing",
+        Event::Sleep { .. } => "sleep",
+        Event::CloseWrite => "close_write",
+        Event::Control(_) => "control",
+    }
+}

@@ -1,0 +1,241 @@
+//! Partial matching of received messages against transcript patterns, and
+//! symbolic RPC ids (`"$start"`).
+//!
+//! Patterns are proto3 JSON with three additions: `"$name"` is a symbolic
+//! value (a bound id, or bound now to whatever is there), `"$any"` is any
+//! present value, and `null` means "absent". Keys the pattern leaves out are
+//! not checked; a pattern value equal to the proto3 default also matches a
+//! field left out on the wire (defaults are not transmitted, §1.5).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+/// Symbolic names bound so far, and the next request id to hand out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bindings {
+    values: BTreeMap<String, Value>,
+    next_id: u64,
+}
+
+impl Default for Bindings {
+    fn default() -> Self {
+        Bindings {
+            values: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+}
+
+/// Where and how a message differed from its pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at {path}: expected {expected}, got {actual}")]
+pub struct Mismatch {
+    pub path: String,
+    pub expected: String,
+    pub actual: String,
+}
+
+impl Bindings {
+    /// Binds a name to a value (e.g. `coder_url`).
+    pub fn set(&mut self, name: &str, value: Value) {
+        self.values.insert(name.to_owned(), value);
+    }
+
+    /// Replaces every `"$name"` in a message to send: known names by their
+    /// value, unknown ones by a fresh request id (1, 2, 3, ... per the
+    /// harness, §5.2), which is then bound.
+    pub fn resolve(&mut self, value: &Value) -> Value {
+        match value {
+            Value::String(s) if s.starts_with('$') && s.len() > 1 => {
+                let name = &s[1..];
+                if let Some(bound) = self.values.get(name) {
+                    return bound.clone();
+                }
+                let id = Value::String(self.next_id.to_string());
+                self.next_id += 1;
+                self.values.insert(name.to_owned(), id.clone());
+                id
+            }
+            Value::Array(items) => Value::Array(items.iter().map(|v| self.resolve(v)).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.resolve(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    /// Checks `actual` against `pattern`; on success, names first seen in
+    /// the pattern are bound to what they matched.
+    pub fn matches(&mut self, pattern: &Value, actual: &Value) -> Result<(), Mismatch> {
+        let mut trial = self.clone();
+        trial.match_at("$", pattern, Some(actual))?;
+        *self = trial;
+        Ok(())
+    }
+
+    fn match_at(
+        &mut self,
+        path: &str,
+        pattern: &Value,
+        actual: Option<&Value>,
+    ) -> Result<(), Mismatch> {
+        let fail = |expected: String| {
+            Err(Mismatch {
+                path: path.to_owned(),
+                expected,
+                actual: actual.map_or("absent".into(), Value::to_string),
+            })
+        };
+        match (pattern, actual) {
+            (Value::Null, None) => Ok(()),
+            (Value::Null, Some(_)) => fail("absent".into()),
+            (Value::String(s), Some(actual)) if s == "$any" => {
+                let _ = actual;
+                Ok(())
+            }
+            (Value::String(s), None) if s == "$any" => fail("any value".into()),
+            (Value::String(s), actual) if s.starts_with('$') && s.len() > 1 => {
+                let name = &s[1..];
+                match (self.values.get(name), actual) {
+                    (Some(bound), Some(actual)) if same_scalar(bound, actual) => Ok(()),
+                    (Some(bound), _) => fail(format!("{bound} (bound to ${name})")),
+                    (None, Some(actual)) => {
+                        self.values.insert(name.to_owned(), actual.clone());
+                        Ok(())
+                    }
+                    (None, None) => fail(format!("a value for ${name}")),
+                }
+            }
+            (pattern, None) if is_default(pattern) => Ok(()),
+            (_, None) => fail(pattern.to_string()),
+            (Value::Object(fields), Some(Value::Object(actual))) => {
+                for (key, sub) in fields {
+                    let found = lookup(actual, key);
+                    self.match_at(&format!("{path}.{key}"), sub, found)?;
+                }
+                Ok(())
+            }
+            (Value::Array(items), Some(Value::Array(actual))) => {
+                if items.len() != actual.len() {
+                    return fail(format!("{} items: {pattern}", items.len()));
+                }
+                for (i, (sub, got)) in items.iter().zip(actual).enumerate() {
+                    self.match_at(&format!("{path}[{i}]"), sub, Some(got))?;
+                }
+                Ok(())
+            }
+            (pattern, Some(actual)) if same_scalar(pattern, actual) => Ok(()),
+            (pattern, Some(_)) => fail(pattern.to_string()),
+        }
+    }
+}
+
+/// A field by its JSON name or its proto name (`response_to`).
+fn lookup<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    map.get(key).or_else(|| map.get(&camel(key)))
+}
+
+fn camel(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Scalars compare by value across JSON's spellings of 64-bit integers
+/// (`"7"` and `7`).
+fn same_scalar(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(x), Value::Number(y)) | (Value::Number(y), Value::String(x)) => {
+            *x == y.to_string()
+        }
+        _ => a == b,
+    }
+}
+
+/// A proto3 default, which is not transmitted.
+fn is_default(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty() || s == "0",
+        Value::Array(items) => items.is_empty(),
+        Value::Null | Value::Object(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn symbolic_ids_bind_on_send_and_match_on_receive() {
+        let mut b = Bindings::default();
+        b.set("url", json!("http://x"));
+        let sent = b.resolve(&json!({"rpc": {"msgId": "$start"}, "start": {"coderUrl": "$url"}}));
+        assert_eq!(sent["rpc"]["msgId"], "1");
+        assert_eq!(sent["start"]["coderUrl"], "http://x");
+        let sent = b.resolve(&json!({"rpc": {"msgId": "$stop"}}));
+        assert_eq!(sent["rpc"]["msgId"], "2");
+        let reply = json!({"rpc": {"responseTo": "2"}, "stop": {"success": true}});
+        assert!(
+            b.matches(&json!({"rpc": {"responseTo": "$stop"}, "stop": {}}), &reply)
+                .is_ok()
+        );
+        assert!(
+            b.matches(&json!({"rpc": {"responseTo": "$start"}}), &reply)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn partial_defaults_absent_and_any() {
+        let mut b = Bindings::default();
+        let actual = json!({"rpc": {"responseTo": "3"}, "start": {"errorMessage": "x"}});
+        assert!(
+            b.matches(&json!({"start": {"success": false}}), &actual)
+                .is_ok()
+        );
+        assert!(
+            b.matches(&json!({"start": {"success": true}}), &actual)
+                .is_err()
+        );
+        assert!(
+            b.matches(&json!({"start": {"errorMessage": "$any"}}), &actual)
+                .is_ok()
+        );
+        assert!(b.matches(&json!({"stop": null}), &actual).is_ok());
+        assert!(b.matches(&json!({"start": null}), &actual).is_err());
+        assert!(
+            b.matches(&json!({"rpc": {"response_to": 3}}), &actual)
+                .is_ok()
+        );
+        // An unbound name binds to what is there, only on success.
+        assert!(
+            b.matches(&json!({"rpc": {"responseTo": "$r"}, "stop": {}}), &actual)
+                .is_err()
+        );
+        assert!(
+            b.matches(&json!({"rpc": {"responseTo": "$r"}}), &actual)
+                .is_ok()
+        );
+        assert_eq!(b.resolve(&json!("$r")), json!("3"));
+        let err = b
+            .matches(&json!({"start": {"errorMessage": "y"}}), &actual)
+            .unwrap_err();
+        assert_eq!(err.path, "$.start.errorMessage");
+    }
+}

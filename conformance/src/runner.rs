@@ -1,0 +1,164 @@
+//! Selecting and running cases: a fresh process per case, the mock control
+//! plane for tiers above `wire`, a bound on every case, and a grade per
+//! protocol.md §1.4.
+
+use std::time::{Duration, Instant};
+
+use codervpn_codec::Manager;
+use codervpn_mock_coder::{MockCoder, MockConfig, Scenario};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::engine::{self, Verdict};
+use crate::target::{Launch, LaunchError};
+use crate::transcript::{Level, Target, Tier, Transcript};
+
+/// The token the mock control plane accepts in suite runs.
+pub const SUITE_TOKEN: &str = "codervpn-conformance-token";
+
+/// What to run and how to grade it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub launch: Launch,
+    /// Cases of this tier and the ones below it.
+    pub tier: Tier,
+    /// `--level should`: SHOULD and hazard failures fail the run.
+    pub strict: bool,
+    pub only: Vec<glob::Pattern>,
+    pub skip: Vec<glob::Pattern>,
+    pub jobs: usize,
+    /// Overrides every case's own bound.
+    pub timeout_ms: Option<u64>,
+    /// Pass each case's `tunnel_args` (the built-in tunnel understands them).
+    pub builtin: bool,
+}
+
+/// The grade of one case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grade {
+    Pass,
+    Warn,
+    Fail,
+    /// The case could not run (setup).
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub id: String,
+    pub title: String,
+    pub spec: String,
+    pub level: Level,
+    pub tier: Tier,
+    pub grade: Grade,
+    /// What went wrong or was odd; empty on a clean pass.
+    pub message: String,
+    pub duration_ms: u64,
+    /// The case with what was recorded (token redacted).
+    pub transcript: Transcript,
+    /// The tail of the implementation's stderr, when it failed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+}
+
+/// Whether `options` select `case`.
+pub fn selected(case: &Transcript, options: &Options) -> bool {
+    case.target == Target::Tunnel
+        && case.tier <= options.tier
+        && (options.only.is_empty() || options.only.iter().any(|p| p.matches(&case.id)))
+        && !options.skip.iter().any(|p| p.matches(&case.id))
+}
+
+/// Runs the selected cases, `jobs` at a time, in ID order of results.
+pub async fn run(cases: &[Transcript], options: &Options) -> Result<Vec<CaseResult>, LaunchError> {
+    options.launch.check()?;
+    let chosen: Vec<&Transcript> = cases.iter().filter(|c| selected(c, options)).collect();
+    let mut results: Vec<CaseResult> = futures_util::stream::iter(chosen)
+        .map(|case| run_one(case, options))
+        .buffer_unordered(options.jobs.max(1))
+        .collect()
+        .await;
+    results.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(results)
+}
+
+async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
+    let started = Instant::now();
+    let mut case = case.clone();
+    if let Some(ms) = options.timeout_ms {
+        case.timeout_ms = ms;
+    }
+    let result = |grade, message: String, transcript, stderr| CaseResult {
+        id: case.id.clone(),
+        title: case.title.clone(),
+        spec: case.spec.clone(),
+        level: case.level,
+        tier: case.tier,
+        grade,
+        message,
+        duration_ms: started.elapsed().as_millis() as u64,
+        transcript,
+        stderr,
+    };
+    let mock = if case.tier >= Tier::Control {
+        let config = MockConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            token: SUITE_TOKEN.into(),
+            scenario: Scenario::demo(),
+        };
+        match MockCoder::start(config).await {
+            Ok(mock) => Some(mock),
+            Err(err) => {
+                return result(
+                    Grade::Error,
+                    format!("cannot start the mock control plane: {err}"),
+                    case.clone(),
+                    String::new(),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let extra = if options.builtin {
+        case.tunnel_args.clone()
+    } else {
+        Vec::new()
+    };
+    let (running, stream) = match options.launch.spawn(&extra) {
+        Ok(spawned) => spawned,
+        Err(err) => return result(Grade::Error, err.to_string(), case.clone(), String::new()),
+    };
+    let outcome = engine::run::<Manager>(&case, stream, mock.as_ref(), SUITE_TOKEN).await;
+    let stderr = running.stderr();
+    let status = running.finish().await;
+    if let Some(mock) = mock {
+        let _ = tokio::time::timeout(Duration::from_secs(3), mock.shutdown()).await;
+    }
+    let mut transcript = case.clone();
+    transcript.recorded = outcome.recorded;
+    // §1.4 item 3: say whether it crashed (exited on its own, unsuccessfully).
+    let died = status
+        .filter(|s| !s.success())
+        .map(|s| format!(" (the process crashed: {s})"))
+        .unwrap_or_default();
+    let (grade, message) = match outcome.verdict {
+        Verdict::Pass => (Grade::Pass, String::new()),
+        Verdict::Warn(why) => (Grade::Warn, why),
+        Verdict::Fail(why) => {
+            let grade = match case.level {
+                Level::Must => Grade::Fail,
+                Level::Should | Level::Hazard if options.strict => Grade::Fail,
+                Level::Should | Level::Hazard => Grade::Warn,
+            };
+            (grade, format!("{why}{died}"))
+        }
+    };
+    let stderr = if grade == Grade::Pass {
+        String::new()
+    } else {
+        stderr
+    };
+    result(grade, message, transcript, stderr)
+}
