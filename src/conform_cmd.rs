@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
+use codervpn_conformance::manager_side::ManagerLaunch;
 use codervpn_conformance::runner::{self, Options};
 use codervpn_conformance::target::Launch;
 use codervpn_conformance::transcript::Tier;
@@ -117,6 +118,17 @@ pub fn run(args: ConformArgs) -> ExitCode {
         jobs: args.jobs,
         timeout_ms: args.timeout_ms,
         builtin,
+        manager: if builtin {
+            std::env::current_exe().ok().map(|exe| ManagerLaunch {
+                command: format!(
+                    "{} mock-manager --tunnel-cmd {{tunnel_cmd}}",
+                    shell_quote(&exe.to_string_lossy())
+                ),
+                exe,
+            })
+        } else {
+            None
+        },
     };
     let cases = match catalogue::all() {
         Ok(cases) => cases,

@@ -11,6 +11,7 @@ use codervpn_codec::Role;
 
 mod capture;
 mod conform_cmd;
+mod mock_cmds;
 mod tunnel_cmd;
 
 #[derive(Debug, Parser)]
@@ -56,6 +57,10 @@ enum Command {
     },
     /// Run the mock Coder control plane.
     MockCoder(codervpn_mock_coder::cli::MockCoderArgs),
+    /// Play a manager-side case as the tunnel (launched by a manager under test).
+    MockTunnel(mock_cmds::MockTunnelArgs),
+    /// A well-behaved manager: launch a tunnel, Start, GetPeerUpdate, Stop.
+    MockManager(mock_cmds::MockManagerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +111,8 @@ fn main() -> ExitCode {
         } => tunnel_cmd::run(args),
         Command::MockCoder(args) => mock_coder(args),
         Command::Conform(args) => conform_cmd::run(args),
+        Command::MockTunnel(args) => mock_cmds::mock_tunnel(args),
+        Command::MockManager(args) => mock_cmds::mock_manager(args),
         command @ (Command::Decode { .. } | Command::Encode { .. }) => match capture(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -28,7 +28,8 @@ use crate::transcript::{
 };
 
 /// How a case ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "verdict", content = "why", rename_all = "lowercase")]
 pub enum Verdict {
     Pass,
     /// Passed, but something was late or odd.
@@ -38,7 +39,7 @@ pub enum Verdict {
 }
 
 /// The verdict and everything that was recorded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub verdict: Verdict,
     pub recorded: Vec<Recorded>,
@@ -586,12 +587,20 @@ impl<S: Side> Run<'_, S> {
                     Background::No
                 }
             }
+            Role::Tunnel => match (msg.get("getPeerUpdate"), request_id) {
+                // A manager may ask at any time (§6.6 item 4).
+                (Some(_), Some(id)) => Background::Answer(id),
+                _ => Background::No,
+            },
             _ => Background::No,
         }
     }
 
     fn answer(&mut self, id: String) {
-        let reply = json!({"rpc": {"responseTo": id}, "networkSettings": {"success": true}});
+        let reply = match S::ROLE {
+            Role::Tunnel => json!({"rpc": {"responseTo": id}, "peerUpdate": {}}),
+            _ => json!({"rpc": {"responseTo": id}, "networkSettings": {"success": true}}),
+        };
         let delay = match &self.case.network_settings {
             Answer::Withhold => return,
             Answer::Answer => None,

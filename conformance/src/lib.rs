@@ -7,7 +7,11 @@
 pub mod catalogue;
 pub mod checks;
 pub mod engine;
+pub mod expect_fail;
+pub mod manager_side;
 pub mod matcher;
+pub mod mock_manager;
+pub mod mock_tunnel;
 pub mod report;
 pub mod runner;
 pub mod target;

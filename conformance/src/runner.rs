@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::engine::{self, Verdict};
+use crate::manager_side::ManagerLaunch;
 use crate::target::{Launch, LaunchError};
 use crate::transcript::{Level, Target, Tier, Transcript};
 
@@ -31,6 +32,8 @@ pub struct Options {
     pub timeout_ms: Option<u64>,
     /// Pass each case's `tunnel_args` (the built-in tunnel understands them).
     pub builtin: bool,
+    /// The manager under test, for manager-side cases.
+    pub manager: Option<ManagerLaunch>,
 }
 
 /// The grade of one case.
@@ -64,7 +67,11 @@ pub struct CaseResult {
 
 /// Whether `options` select `case`.
 pub fn selected(case: &Transcript, options: &Options) -> bool {
-    case.target == Target::Tunnel
+    let has_target = match case.target {
+        Target::Tunnel => true,
+        Target::Manager => options.manager.is_some(),
+    };
+    has_target
         && case.tier <= options.tier
         && (options.only.is_empty() || options.only.iter().any(|p| p.matches(&case.id)))
         && !options.skip.iter().any(|p| p.matches(&case.id))
@@ -73,6 +80,9 @@ pub fn selected(case: &Transcript, options: &Options) -> bool {
 /// Runs the selected cases, `jobs` at a time, in ID order of results.
 pub async fn run(cases: &[Transcript], options: &Options) -> Result<Vec<CaseResult>, LaunchError> {
     options.launch.check()?;
+    if let Some(manager) = &options.manager {
+        manager.check().map_err(LaunchError::Manager)?;
+    }
     let chosen: Vec<&Transcript> = cases.iter().filter(|c| selected(c, options)).collect();
     let mut results: Vec<CaseResult> = futures_util::stream::iter(chosen)
         .map(|case| run_one(case, options))
@@ -101,6 +111,21 @@ async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
         transcript,
         stderr,
     };
+    if case.target == Target::Manager {
+        let Some(manager) = &options.manager else {
+            return result(
+                Grade::Error,
+                "no manager to test".into(),
+                case.clone(),
+                String::new(),
+            );
+        };
+        let outcome = crate::manager_side::run_case(&case, manager).await;
+        let mut transcript = case.clone();
+        transcript.recorded = outcome.recorded;
+        let (grade, message) = grade(&case, options, outcome.verdict, "");
+        return result(grade, message, transcript, String::new());
+    }
     let mock = if case.tier >= Tier::Control {
         let config = MockConfig {
             listen: ([127, 0, 0, 1], 0).into(),
@@ -143,7 +168,19 @@ async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
         .filter(|s| !s.success())
         .map(|s| format!(" (the process crashed: {s})"))
         .unwrap_or_default();
-    let (grade, message) = match outcome.verdict {
+    let (grade, message) = grade(&case, options, outcome.verdict, &died);
+    let stderr = if grade == Grade::Pass {
+        String::new()
+    } else {
+        stderr
+    };
+    result(grade, message, transcript, stderr)
+}
+
+/// §1.4: a broken MUST fails; a broken SHOULD or hazard rule warns, and
+/// fails only in a strict run.
+fn grade(case: &Transcript, options: &Options, verdict: Verdict, note: &str) -> (Grade, String) {
+    match verdict {
         Verdict::Pass => (Grade::Pass, String::new()),
         Verdict::Warn(why) => (Grade::Warn, why),
         Verdict::Fail(why) => {
@@ -152,13 +189,7 @@ async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
                 Level::Should | Level::Hazard if options.strict => Grade::Fail,
                 Level::Should | Level::Hazard => Grade::Warn,
             };
-            (grade, format!("{why}{died}"))
+            (grade, format!("{why}{note}"))
         }
-    };
-    let stderr = if grade == Grade::Pass {
-        String::new()
-    } else {
-        stderr
-    };
-    result(grade, message, transcript, stderr)
+    }
 }

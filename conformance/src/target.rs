@@ -43,6 +43,8 @@ pub enum LaunchError {
     },
     #[error("cannot make pipes: {0}")]
     Pipe(#[source] std::io::Error),
+    #[error("{0}")]
+    Manager(String),
 }
 
 /// A running implementation under test and our ends of its stream.
@@ -168,6 +170,15 @@ impl Running {
     pub fn stderr(&self) -> String {
         let kept = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
         String::from_utf8_lossy(&kept).into_owned()
+    }
+
+    /// Gives the process `grace` to exit by itself (a tunnel may exit after
+    /// Stop, §2.2 item 7), then kills and reaps it.
+    pub async fn finish_within(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Ok(status)) = tokio::time::timeout(grace, self.child.wait()).await {
+            return Some(status);
+        }
+        self.finish().await
     }
 
     /// Kills (if still running) and reaps the process, bounded. Returns how

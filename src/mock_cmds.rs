@@ -1,0 +1,121 @@
+//! `codervpn mock-tunnel` and `codervpn mock-manager`: the harness's two
+//! scriptable counterparts as processes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use codervpn_conformance::mock_manager::{self, Lifecycle};
+use codervpn_conformance::mock_tunnel;
+use codervpn_conformance::target::Launch;
+
+/// What a manager under test launches for a manager-side case.
+#[derive(Debug, Args)]
+pub struct MockTunnelArgs {
+    /// The catalogue case to play.
+    #[arg(long)]
+    case: String,
+    /// The harness's Unix socket for the outcome.
+    #[arg(long)]
+    report: PathBuf,
+    #[arg(
+        long,
+        env = "CODER_VPN_DAEMON_RPC_READ_FD",
+        allow_negative_numbers = true
+    )]
+    rpc_read_fd: Option<i64>,
+    #[arg(
+        long,
+        env = "CODER_VPN_DAEMON_RPC_WRITE_FD",
+        allow_negative_numbers = true
+    )]
+    rpc_write_fd: Option<i64>,
+    /// `vpn-daemon run`, when launched like `coder vpn-daemon run`.
+    #[arg(trailing_var_arg = true, hide = true)]
+    rest: Vec<String>,
+}
+
+/// A well-behaved manager driving one tunnel lifecycle.
+#[derive(Debug, Args)]
+pub struct MockManagerArgs {
+    /// The tunnel command; `--rpc-read-fd R --rpc-write-fd W` are appended,
+    /// as Coder Desktop appends them to `coder vpn-daemon run`.
+    #[arg(long)]
+    tunnel_cmd: String,
+    /// The deployment URL sent in Start.
+    #[arg(long, default_value = "http://127.0.0.1:9")]
+    coder_url: String,
+    /// The API token sent in Start.
+    #[arg(
+        long,
+        env = "CODER_SESSION_TOKEN",
+        default_value = "codervpn-mock-token",
+        hide_env_values = true
+    )]
+    api_token: String,
+    /// Pause between StartResponse and Stop.
+    #[arg(long, default_value_t = 200)]
+    hold_ms: u64,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|err| {
+        eprintln!("error: cannot start the runtime: {err}");
+        ExitCode::FAILURE
+    })
+}
+
+pub fn mock_tunnel(args: MockTunnelArgs) -> ExitCode {
+    if !(args.rest.is_empty() || args.rest == ["vpn-daemon", "run"]) {
+        eprintln!("error: unexpected arguments {:?}", args.rest);
+        return ExitCode::from(2);
+    }
+    let fds = match (args.rpc_read_fd, args.rpc_write_fd) {
+        (Some(r), Some(w)) => Some((r, w)),
+        (None, None) => None,
+        _ => {
+            eprintln!("error: --rpc-read-fd and --rpc-write-fd go together");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(mock_tunnel::run(&args.case, &args.report, fds)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
+    let launch = Launch::Fds(format!(
+        "{} --rpc-read-fd {{rpc_read_fd}} --rpc-write-fd {{rpc_write_fd}}",
+        args.tunnel_cmd
+    ));
+    let lifecycle = Lifecycle {
+        coder_url: args.coder_url,
+        api_token: args.api_token,
+        hold: Duration::from_millis(args.hold_ms),
+        reply_timeout: Duration::from_secs(30),
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(mock_manager::run(&launch, &lifecycle)) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
