@@ -1,15 +1,26 @@
 //! `codervpn conform`: runs the conformance catalogue against the built-in
 //! reference tunnel (no target given) or against a tunnel by command.
+//!
+//! Exit codes: 0 when every selected MUST case passed (warnings and
+//! expected failures included), 1 when a case failed or a known failure
+//! unexpectedly passed, 2 on usage or setup errors: a bad flag or
+//! known-failures file, a command line that cannot be used, a case that
+//! could not be run at all (e.g. the program does not exist).
 
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use codervpn_conformance::catalogue;
+use codervpn_conformance::expect_fail::KnownFailures;
 use codervpn_conformance::manager_side::ManagerLaunch;
-use codervpn_conformance::runner::{self, Options};
-use codervpn_conformance::target::Launch;
-use codervpn_conformance::transcript::Tier;
-use codervpn_conformance::{catalogue, report};
+use codervpn_conformance::report::{self, Outcome};
+use codervpn_conformance::runner::{self, CaseResult, Grade, Options};
+use codervpn_conformance::target::{Launch, LaunchError};
+use codervpn_conformance::transcript::{Tier, Transcript};
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, Args)]
 pub struct ConformArgs {
@@ -35,17 +46,23 @@ pub struct ConformArgs {
     /// List the selected cases and exit.
     #[arg(long)]
     list: bool,
+    /// Known failures: one `CASE-ID  reason` per line (`#` comments and
+    /// blank lines allowed). A listed case that fails does not fail the
+    /// run; one that passes does, until it is removed from the file.
+    #[arg(long, value_name = "FILE")]
+    expect_fail: Option<PathBuf>,
     /// Report format.
     #[arg(long, value_enum, default_value = "human")]
     format: Format,
-    /// Write the report here instead of standard output.
+    /// Write the report here instead of standard output (the closing
+    /// summary line still goes to standard output).
     #[arg(long)]
-    output: Option<std::path::PathBuf>,
+    output: Option<PathBuf>,
     /// Write one recorded transcript per case into this folder.
     #[arg(long)]
-    artifacts: Option<std::path::PathBuf>,
+    artifacts: Option<PathBuf>,
     /// Cases run at once.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = parse_jobs)]
     jobs: usize,
     /// Bound on each case, overriding the case's own.
     #[arg(long)]
@@ -65,10 +82,19 @@ enum LevelArg {
     Should,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Human,
     Json,
+    Junit,
+}
+
+fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 fn usage(message: impl std::fmt::Display) -> ExitCode {
@@ -134,64 +160,177 @@ pub fn run(args: ConformArgs) -> ExitCode {
         Ok(cases) => cases,
         Err(err) => return usage(err),
     };
+    let known = match &args.expect_fail {
+        None => None,
+        Some(path) => match KnownFailures::load(path)
+            .and_then(|k| k.check_ids(cases.iter().map(|c| c.id.as_str())).map(|()| k))
+        {
+            Ok(known) => Some(known),
+            Err(err) => return usage(err),
+        },
+    };
+    let selected: Vec<&Transcript> = cases
+        .iter()
+        .filter(|c| runner::selected(c, &options))
+        .collect();
     if args.list {
-        for case in cases.iter().filter(|c| runner::selected(c, &options)) {
+        for case in &selected {
+            let listed = known
+                .as_ref()
+                .and_then(|k| k.get(&case.id))
+                .map(|e| format!(" [expected to fail: {}]", e.reason))
+                .unwrap_or_default();
             println!(
-                "{:10} {:?} {:?} {} — {}",
-                case.id, case.level, case.tier, case.spec, case.title
+                "{:10} {:6} {:9} {} — {}{listed}",
+                case.id,
+                report::level_name(case.level),
+                report::tier_name(case.tier),
+                case.spec,
+                case.title
             );
         }
         return ExitCode::SUCCESS;
+    }
+    if selected.is_empty() {
+        return usage(
+            "no case selected (check --only, --skip and --tier; --list shows the selection)",
+        );
+    }
+    if let Err(err) = options.launch.check() {
+        return usage(err);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return usage(format!("cannot start the runtime: {err}")),
     };
+    let progress = (args.format == Format::Human
+        && std::io::stdout().is_terminal()
+        && std::io::stderr().is_terminal())
+    .then(|| progress_bar(selected.len()));
     let started = Instant::now();
-    let results = match runtime.block_on(runner::run(&cases, &options)) {
+    let results = match runtime.block_on(run_cases(&cases, &options, progress)) {
         Ok(results) => results,
         Err(err) => return usage(err),
     };
+    let elapsed = started.elapsed();
     if let Some(dir) = &args.artifacts {
         if let Err(err) = std::fs::create_dir_all(dir) {
             return usage(format!("cannot create {}: {err}", dir.display()));
         }
         for result in &results {
             let path = dir.join(format!("{}.json", result.id));
-            let text = serde_json::to_string_pretty(&result.transcript).unwrap_or_default();
-            if let Err(err) = std::fs::write(&path, text) {
+            if let Err(err) = std::fs::write(&path, report::artifact(result)) {
                 return usage(format!("cannot write {}: {err}", path.display()));
             }
         }
     }
+    let mut run = report::Run::new(&results, elapsed);
+    if let Some(known) = &known {
+        run = run.with_known(known);
+    }
     let text = match args.format {
-        Format::Human => report::human(&results, started.elapsed()),
-        Format::Json => report::json(&results),
+        Format::Human => run.human(),
+        Format::Json => run.json(),
+        Format::Junit => run.junit(),
     };
     match &args.output {
         Some(path) => {
             if let Err(err) = std::fs::write(path, &text) {
                 return usage(format!("cannot write {}: {err}", path.display()));
             }
-            print!(
-                "{}",
-                report::human(&results, started.elapsed())
-                    .lines()
-                    .last()
-                    .map(|l| format!("{l}\n"))
-                    .unwrap_or_default()
-            );
+            println!("{}", run.closing_line());
         }
         None => print!("{text}"),
     }
-    let totals = report::totals(&results);
-    if totals.failed + totals.errors > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    // A setup error exits 2 whatever the format: say why on stderr too, so
+    // that a JSON or JUnit consumer's log shows it.
+    let errors: Vec<&CaseResult> = results
+        .iter()
+        .filter(|r| run.outcome(r) == Outcome::Error)
+        .collect();
+    if let Some(first) = errors.first() {
+        eprintln!(
+            "error: {} of {} cases could not be run (setup error), e.g. {}: {}",
+            errors.len(),
+            results.len(),
+            first.id,
+            report::redact_secrets(&first.message)
+        );
     }
+    ExitCode::from(run.exit_code())
+}
+
+/// Runs the selected cases; with a progress bar that moves as each ends.
+async fn run_cases(
+    cases: &[Transcript],
+    options: &Options,
+    progress: Option<ProgressBar>,
+) -> Result<Vec<CaseResult>, LaunchError> {
+    let Some(bar) = progress else {
+        return runner::run(cases, options).await;
+    };
+    let mut failed = 0;
+    let results = runner::run_with_progress(cases, options, |result| {
+        if matches!(result.grade, Grade::Fail | Grade::Error) {
+            failed += 1;
+        }
+        bar.inc(1);
+        bar.set_message(format!("{failed} failed, last {}", result.id));
+    })
+    .await;
+    bar.finish_and_clear();
+    results
+}
+
+/// A bar on stderr; drawn only there, and cleared before the report.
+fn progress_bar(len: usize) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} cases {elapsed} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
 }
 
 fn shell_quote(word: &str) -> String {
     shell_words::quote(word).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ConformArgs,
+    }
+
+    #[test]
+    fn flags_parse_and_jobs_must_be_positive() {
+        let cli = Cli::try_parse_from([
+            "conform",
+            "--format",
+            "junit",
+            "--expect-fail",
+            "known.txt",
+            "--jobs",
+            "4",
+        ])
+        .map_err(|e| e.to_string());
+        let Ok(cli) = cli else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(cli.args.format, Format::Junit);
+        assert_eq!(cli.args.expect_fail, Some(PathBuf::from("known.txt")));
+        assert_eq!(cli.args.jobs, 4);
+        assert!(Cli::try_parse_from(["conform", "--jobs", "0"]).is_err());
+        assert!(
+            Cli::try_parse_from(["conform", "--tunnel-cmd", "a", "--tunnel-stdio-cmd", "b"])
+                .is_err()
+        );
+    }
 }

@@ -12,6 +12,7 @@ use codervpn_codec::Role;
 mod capture;
 mod conform_cmd;
 mod mock_cmds;
+mod record_cmd;
 mod tunnel_cmd;
 
 #[derive(Debug, Parser)]
@@ -57,10 +58,17 @@ enum Command {
     },
     /// Run the mock Coder control plane.
     MockCoder(codervpn_mock_coder::cli::MockCoderArgs),
+    /// Run a script against a tunnel and write what happened.
+    Record(record_cmd::RecordArgs),
+    /// Check a tunnel against a recording (volatile fields normalised).
+    Replay(record_cmd::ReplayArgs),
     /// Play a manager-side case as the tunnel (launched by a manager under test).
     MockTunnel(mock_cmds::MockTunnelArgs),
     /// A well-behaved manager: launch a tunnel, Start, GetPeerUpdate, Stop.
     MockManager(mock_cmds::MockManagerArgs),
+    /// A tunnel that breaks one rule on purpose (tests the suite itself).
+    #[command(hide = true)]
+    FaultyTunnel(mock_cmds::FaultyTunnelArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,8 +119,11 @@ fn main() -> ExitCode {
         } => tunnel_cmd::run(args),
         Command::MockCoder(args) => mock_coder(args),
         Command::Conform(args) => conform_cmd::run(args),
+        Command::Record(args) => record_cmd::record(args),
+        Command::Replay(args) => record_cmd::replay(args),
         Command::MockTunnel(args) => mock_cmds::mock_tunnel(args),
         Command::MockManager(args) => mock_cmds::mock_manager(args),
+        Command::FaultyTunnel(args) => mock_cmds::faulty_tunnel(args),
         command @ (Command::Decode { .. } | Command::Encode { .. }) => match capture(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -119,3 +119,75 @@ pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
         }
     }
 }
+
+/// A tunnel that breaks one rule on purpose (for testing the suite).
+#[derive(Debug, Args)]
+pub struct FaultyTunnelArgs {
+    /// The rule to break (see `codervpn_conformance::faulty::Fault`).
+    #[arg(long)]
+    fault: String,
+    #[arg(long, allow_negative_numbers = true)]
+    rpc_read_fd: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    rpc_write_fd: Option<i64>,
+    /// Extra arguments for the real tunnel behind the fault.
+    #[arg(last = true)]
+    tunnel_args: Vec<String>,
+}
+
+pub fn faulty_tunnel(args: FaultyTunnelArgs) -> ExitCode {
+    use codervpn_conformance::faulty::{Fault, relay};
+    let Some(fault) = Fault::parse(&args.fault) else {
+        let names: Vec<String> = Fault::ALL.iter().map(|f| f.name()).collect();
+        eprintln!(
+            "error: unknown fault {:?}; one of {}",
+            args.fault,
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        let outer = match (args.rpc_read_fd, args.rpc_write_fd) {
+            (Some(r), Some(w)) => codervpn_reference_tunnel::fd::inherited(r, w),
+            _ => codervpn_reference_tunnel::fd::stdio(),
+        };
+        let outer = match outer {
+            Ok(outer) => outer,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut child = match tokio::process::Command::new(exe)
+            .args(["tunnel", "--log-level", "error"])
+            .args(&args.tunnel_args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(err) => {
+                eprintln!("error: cannot start the real tunnel: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return ExitCode::from(2);
+        };
+        relay(fault, outer, (Box::new(stdout), Box::new(stdin))).await;
+        let _ = child.start_kill();
+        ExitCode::SUCCESS
+    })
+}

@@ -77,18 +77,30 @@ pub fn selected(case: &Transcript, options: &Options) -> bool {
         && !options.skip.iter().any(|p| p.matches(&case.id))
 }
 
-/// Runs the selected cases, `jobs` at a time, in ID order of results.
+/// Runs the selected cases, `jobs` at a time; results in ID order.
 pub async fn run(cases: &[Transcript], options: &Options) -> Result<Vec<CaseResult>, LaunchError> {
+    run_with_progress(cases, options, |_| {}).await
+}
+
+/// Like [`run`], calling `on_done` as each case finishes (completion order).
+pub async fn run_with_progress(
+    cases: &[Transcript],
+    options: &Options,
+    mut on_done: impl FnMut(&CaseResult),
+) -> Result<Vec<CaseResult>, LaunchError> {
     options.launch.check()?;
     if let Some(manager) = &options.manager {
         manager.check().map_err(LaunchError::Manager)?;
     }
     let chosen: Vec<&Transcript> = cases.iter().filter(|c| selected(c, options)).collect();
-    let mut results: Vec<CaseResult> = futures_util::stream::iter(chosen)
+    let mut running = futures_util::stream::iter(chosen)
         .map(|case| run_one(case, options))
-        .buffer_unordered(options.jobs.max(1))
-        .collect()
-        .await;
+        .buffer_unordered(options.jobs.max(1));
+    let mut results = Vec::new();
+    while let Some(result) = running.next().await {
+        on_done(&result);
+        results.push(result);
+    }
     results.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(results)
 }
