@@ -30,6 +30,11 @@ pub struct ConformArgs {
     /// Tunnel command line speaking on stdin/stdout.
     #[arg(long)]
     tunnel_stdio_cmd: Option<String>,
+    /// Manager command line containing {tunnel_cmd}, which is replaced by a
+    /// command starting this program's mock tunnel for the current case
+    /// (it accepts --rpc-read-fd/--rpc-write-fd like `coder vpn-daemon run`).
+    #[arg(long)]
+    manager_cmd: Option<String>,
     /// Highest tier to run (default: all for the built-in tunnel, wire for
     /// a command).
     #[arg(long, value_enum)]
@@ -103,22 +108,32 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn run(args: ConformArgs) -> ExitCode {
-    let (launch, builtin) = match (&args.tunnel_cmd, &args.tunnel_stdio_cmd) {
-        (Some(cmd), None) => (Launch::Fds(cmd.clone()), false),
-        (None, Some(cmd)) => (Launch::Stdio(cmd.clone()), false),
-        _ => match std::env::current_exe() {
-            Ok(exe) => {
-                let exe = shell_quote(&exe.to_string_lossy());
-                (
-                    Launch::Fds(format!(
-                        "{exe} tunnel --log-level warn --rpc-read-fd {{rpc_read_fd}} --rpc-write-fd {{rpc_write_fd}}"
-                    )),
-                    true,
-                )
-            }
-            Err(err) => return usage(format!("cannot find the built-in tunnel: {err}")),
-        },
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => return usage(format!("cannot find this program: {err}")),
     };
+    let quoted = shell_quote(&exe.to_string_lossy());
+    // No target at all: the built-in tunnel, and the mock manager for the
+    // manager-side cases.
+    let builtin =
+        args.tunnel_cmd.is_none() && args.tunnel_stdio_cmd.is_none() && args.manager_cmd.is_none();
+    let launch = match (&args.tunnel_cmd, &args.tunnel_stdio_cmd) {
+        (Some(cmd), None) => Some(Launch::Fds(cmd.clone())),
+        (None, Some(cmd)) => Some(Launch::Stdio(cmd.clone())),
+        _ if builtin => Some(Launch::Fds(format!(
+            "{quoted} tunnel --log-level warn --rpc-read-fd {{rpc_read_fd}} --rpc-write-fd {{rpc_write_fd}}"
+        ))),
+        _ => None,
+    };
+    let manager = match &args.manager_cmd {
+        Some(command) => Some(command.clone()),
+        None if builtin => Some(format!("{quoted} mock-manager --tunnel-cmd {{tunnel_cmd}}")),
+        None => None,
+    }
+    .map(|command| ManagerLaunch {
+        command,
+        exe: exe.clone(),
+    });
     let tier = match args.tier {
         Some(TierArg::Wire) => Tier::Wire,
         Some(TierArg::Control) => Tier::Control,
@@ -144,17 +159,7 @@ pub fn run(args: ConformArgs) -> ExitCode {
         jobs: args.jobs,
         timeout_ms: args.timeout_ms,
         builtin,
-        manager: if builtin {
-            std::env::current_exe().ok().map(|exe| ManagerLaunch {
-                command: format!(
-                    "{} mock-manager --tunnel-cmd {{tunnel_cmd}}",
-                    shell_quote(&exe.to_string_lossy())
-                ),
-                exe,
-            })
-        } else {
-            None
-        },
+        manager,
     };
     let cases = match catalogue::all() {
         Ok(cases) => cases,
@@ -180,7 +185,7 @@ pub fn run(args: ConformArgs) -> ExitCode {
                 .and_then(|k| k.get(&case.id))
                 .map(|e| format!(" [expected to fail: {}]", e.reason))
                 .unwrap_or_default();
-            println!(
+            out!(
                 "{:10} {:6} {:9} {} — {}{listed}",
                 case.id,
                 report::level_name(case.level),
@@ -196,7 +201,10 @@ pub fn run(args: ConformArgs) -> ExitCode {
             "no case selected (check --only, --skip and --tier; --list shows the selection)",
         );
     }
-    if let Err(err) = options.launch.check() {
+    if let Some(Err(err)) = options.launch.as_ref().map(Launch::check) {
+        return usage(err);
+    }
+    if let Some(Err(err)) = options.manager.as_ref().map(ManagerLaunch::check) {
         return usage(err);
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -238,9 +246,9 @@ pub fn run(args: ConformArgs) -> ExitCode {
             if let Err(err) = std::fs::write(path, &text) {
                 return usage(format!("cannot write {}: {err}", path.display()));
             }
-            println!("{}", run.closing_line());
+            out!("{}", run.closing_line());
         }
-        None => print!("{text}"),
+        None => crate::say(&text),
     }
     // A setup error exits 2 whatever the format: say why on stderr too, so
     // that a JSON or JUnit consumer's log shows it.

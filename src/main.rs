@@ -9,7 +9,26 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use codervpn_codec::Role;
 
+/// `println!` that ignores a closed pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::say_line(format!($($arg)*))
+    };
+}
+
 mod capture;
+
+/// Writes to standard output, ignoring a closed pipe (`codervpn conform
+/// --list | head` must not panic).
+fn say_line(text: String) {
+    say(&(text + "\n"));
+}
+
+fn say(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 mod conform_cmd;
 mod mock_cmds;
 mod record_cmd;

@@ -19,6 +19,9 @@ pub struct MockTunnelArgs {
     /// The harness's Unix socket for the outcome.
     #[arg(long)]
     report: PathBuf,
+    /// Bound on the case, overriding its own.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
     #[arg(
         long,
         env = "CODER_VPN_DAEMON_RPC_READ_FD",
@@ -83,7 +86,12 @@ pub fn mock_tunnel(args: MockTunnelArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(mock_tunnel::run(&args.case, &args.report, fds)) {
+    match runtime.block_on(mock_tunnel::run(
+        &args.case,
+        &args.report,
+        fds,
+        args.timeout_ms,
+    )) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(err) => {
@@ -110,7 +118,7 @@ pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
     };
     match runtime.block_on(mock_manager::run(&launch, &lifecycle)) {
         Ok(summary) => {
-            println!("{summary}");
+            out!("{summary}");
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -63,7 +63,7 @@ fn run_one(case: Transcript, target: &TunnelTarget) -> Result<CaseResult, String
         (None, None) => return Err("give --tunnel-cmd or --tunnel-stdio-cmd".into()),
     };
     let options = Options {
-        launch,
+        launch: Some(launch),
         tier: Tier::Dataplane,
         strict: false,
         only: Vec::new(),
@@ -91,7 +91,7 @@ fn verdict(result: &CaseResult) -> ExitCode {
         Grade::Fail => "FAIL",
         Grade::Error => "ERROR",
     };
-    println!("{word} {} {}", result.id, result.message);
+    out!("{word} {} {}", result.id, result.message);
     match result.grade {
         Grade::Pass | Grade::Warn => ExitCode::SUCCESS,
         Grade::Fail => ExitCode::FAILURE,

@@ -78,6 +78,8 @@ async fn run_with_socket(case: &Transcript, launch: &ManagerLaunch, socket: &Pat
         &case.id,
         "--report",
         &socket.to_string_lossy(),
+        "--timeout-ms",
+        &case.timeout_ms.to_string(),
     ]);
     let words: Vec<String> = match shell_words::split(&launch.command) {
         Ok(words) => words

@@ -14,12 +14,20 @@ use crate::engine::{self, Outcome, Verdict};
 
 /// Runs case `id` on descriptors `read`/`write` (or stdio when absent) and
 /// reports to `report`. Returns whether the case passed.
-pub async fn run(id: &str, report: &Path, fds: Option<(i64, i64)>) -> Result<bool, String> {
+pub async fn run(
+    id: &str,
+    report: &Path,
+    fds: Option<(i64, i64)>,
+    timeout_ms: Option<u64>,
+) -> Result<bool, String> {
     let cases = catalogue::all().map_err(|e| e.to_string())?;
-    let case = cases
+    let mut case = cases
         .into_iter()
         .find(|c| c.id == id)
         .ok_or_else(|| format!("no case {id:?} in the catalogue"))?;
+    if let Some(ms) = timeout_ms {
+        case.timeout_ms = ms;
+    }
     let stream = match fds {
         Some((read, write)) => codervpn_reference_tunnel::fd::inherited(read, write),
         None => codervpn_reference_tunnel::fd::stdio(),

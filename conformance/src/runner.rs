@@ -20,7 +20,8 @@ pub const SUITE_TOKEN: &str = "codervpn-conformance-token";
 /// What to run and how to grade it.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub launch: Launch,
+    /// The tunnel under test, for tunnel-side cases.
+    pub launch: Option<Launch>,
     /// Cases of this tier and the ones below it.
     pub tier: Tier,
     /// `--level should`: SHOULD and hazard failures fail the run.
@@ -68,7 +69,7 @@ pub struct CaseResult {
 /// Whether `options` select `case`.
 pub fn selected(case: &Transcript, options: &Options) -> bool {
     let has_target = match case.target {
-        Target::Tunnel => true,
+        Target::Tunnel => options.launch.is_some(),
         Target::Manager => options.manager.is_some(),
     };
     has_target
@@ -88,7 +89,9 @@ pub async fn run_with_progress(
     options: &Options,
     mut on_done: impl FnMut(&CaseResult),
 ) -> Result<Vec<CaseResult>, LaunchError> {
-    options.launch.check()?;
+    if let Some(launch) = &options.launch {
+        launch.check()?;
+    }
     if let Some(manager) = &options.manager {
         manager.check().map_err(LaunchError::Manager)?;
     }
@@ -163,7 +166,15 @@ async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
     } else {
         Vec::new()
     };
-    let (running, stream) = match options.launch.spawn(&extra) {
+    let Some(launch) = &options.launch else {
+        return result(
+            Grade::Error,
+            "no tunnel to test".into(),
+            case.clone(),
+            String::new(),
+        );
+    };
+    let (running, stream) = match launch.spawn(&extra) {
         Ok(spawned) => spawned,
         Err(err) => return result(Grade::Error, err.to_string(), case.clone(), String::new()),
     };
