@@ -186,7 +186,8 @@ async fn write_loop(
                     if result.is_err() {
                         break;
                     }
-                    tokio::task::yield_now().await;
+                    // A pause, so each byte is its own read on the other side.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 result
             }
@@ -576,7 +577,8 @@ impl<S: Side> Run<'_, S> {
             .pointer("/rpc/msgId")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let one_way = msg.pointer("/rpc/responseTo").is_none() && request_id.is_none();
+        // §5.7 item 2: one-way means no rpc field at all; `rpc{}` is not.
+        let one_way = msg.get("rpc").is_none();
         match S::ROLE {
             Role::Manager => {
                 if (msg.get("log").is_some() || msg.get("peerUpdate").is_some()) && one_way {

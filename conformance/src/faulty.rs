@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use codervpn_codec::FrameCodec;
-use codervpn_proto::{Log, Rpc, TunnelMessage, tunnel_message};
+use codervpn_proto::{Log, ManagerMessage, Rpc, TunnelMessage, tunnel_message};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
@@ -43,10 +43,34 @@ pub enum Fault {
     CloseOnEmptyFrame,
     /// StartResponse is never sent (§6.2 rule 1).
     DropStartResponse,
+    /// Bad frames from the manager are skipped instead of ending the
+    /// stream (§4.2 item 1, §4.3).
+    SurviveBadInput,
+    /// The manager's EOF never reaches the tunnel (§2.1 item 3, §7.4 item 2).
+    IgnoreEof,
+    /// Each read is taken as whole frames; a frame split across reads is
+    /// lost (§2.1 item 1, §3.3 item 2).
+    WholeReads,
+    /// The header is read until LF with no limit and no time bound (§3.3
+    /// item 3, §3.8).
+    UnboundedHeader,
+    /// The header is read in bulk and the rest of that read is dropped
+    /// (§3.3 item 1).
+    DropBytesAfterHeader,
+    /// Headers over 200 bytes are refused (§3.3 item 3).
+    ShortHeaderLimit,
+    /// A frame of exactly MaxLength is refused (§4.2).
+    OffByOneCap,
+    /// One-way manager messages and `msg_id` 0 are treated as requests
+    /// (§5.5 items 1 and 2).
+    AnswerOneWay,
+    /// Legal but non-canonical encodings (unknown fields, field order,
+    /// repeated fields) end the stream (§1.5 item 2, §4.5 item 1).
+    RejectNoncanonical,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 23] = [
         Fault::WrongRole,
         Fault::WrongVersion,
         Fault::AcceptAnyHeader,
@@ -61,6 +85,15 @@ impl Fault {
         Fault::ArmlessPeerUpdate,
         Fault::CloseOnEmptyFrame,
         Fault::DropStartResponse,
+        Fault::SurviveBadInput,
+        Fault::IgnoreEof,
+        Fault::WholeReads,
+        Fault::UnboundedHeader,
+        Fault::DropBytesAfterHeader,
+        Fault::ShortHeaderLimit,
+        Fault::OffByOneCap,
+        Fault::AnswerOneWay,
+        Fault::RejectNoncanonical,
     ];
 
     /// The kebab-case name used on the command line.
@@ -89,35 +122,66 @@ type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 pub async fn relay(fault: Fault, outer: (Reader, Writer), inner: (Reader, Writer)) {
     let (outer_r, outer_w) = outer;
     let (inner_r, inner_w) = inner;
-    let down = downstream(fault, outer_r, inner_w);
-    let up = upstream(fault, inner_r, outer_w);
-    tokio::select! {
-        () = down => {}
-        () = up => {}
-    }
+    // The manager's EOF reaches the tunnel (its stdin closes); the relay
+    // ends when the tunnel's side does.
+    let down = tokio::spawn(downstream(fault, outer_r, inner_w));
+    upstream(fault, inner_r, outer_w).await;
+    down.abort();
 }
 
-async fn read_line(reader: &mut Reader) -> Option<Vec<u8>> {
+/// The header line, or what came of it before EOF (`complete` false).
+async fn read_line(reader: &mut Reader) -> (Vec<u8>, bool) {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while line.len() < 256 {
-        if reader.read(&mut byte).await.ok()? == 0 {
-            return None;
+        match reader.read(&mut byte).await {
+            Ok(1) => line.push(byte[0]),
+            _ => return (line, false),
         }
-        line.push(byte[0]);
         if byte[0] == b'\n' {
-            return Some(line);
+            return (line, true);
         }
     }
-    Some(line)
+    (line, true)
+}
+
+/// Reads the manager's header the way `fault` says a broken tunnel would;
+/// `None` ends the relay.
+async fn header_from_manager(fault: Fault, from: &mut Reader) -> Option<(Vec<u8>, bool)> {
+    match fault {
+        Fault::UnboundedHeader => {
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            loop {
+                match from.read(&mut byte).await {
+                    Ok(1) => line.push(byte[0]),
+                    _ => return Some((line, false)),
+                }
+                if byte[0] == b'\n' {
+                    return Some((line, true));
+                }
+            }
+        }
+        Fault::WholeReads | Fault::DropBytesAfterHeader => {
+            let mut chunk = vec![0u8; 4096];
+            let n = from.read(&mut chunk).await.ok()?;
+            let lf = chunk[..n].iter().position(|&b| b == b'\n')?;
+            chunk.truncate(lf + 1);
+            Some((chunk, true))
+        }
+        _ => Some(read_line(from).await),
+    }
 }
 
 /// Manager -> tunnel.
 async fn downstream(fault: Fault, mut from: Reader, mut to: Writer) {
-    let Some(header) = read_line(&mut from).await else {
+    let Some((header, complete)) = header_from_manager(fault, &mut from).await else {
         return;
     };
-    let header = if fault == Fault::AcceptAnyHeader {
+    if fault == Fault::ShortHeaderLimit && header.len() > 200 {
+        return;
+    }
+    let header = if fault == Fault::AcceptAnyHeader && complete {
         b"codervpn manager 1.2\n".to_vec()
     } else {
         header
@@ -125,43 +189,86 @@ async fn downstream(fault: Fault, mut from: Reader, mut to: Writer) {
     if to.write_all(&header).await.is_err() {
         return;
     }
+    if !complete {
+        return park(fault).await;
+    }
     let mut buf = BytesMut::new();
-    let mut codec = FrameCodec::default();
+    let cap = if fault == Fault::OffByOneCap {
+        codervpn_codec::MAX_FRAME_LEN - 1
+    } else {
+        codervpn_codec::MAX_FRAME_LEN
+    };
+    let mut codec = FrameCodec::new(cap);
+    let mut invented = 9_000;
     loop {
         match from.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return park(fault).await,
             Ok(_) => {}
         }
         loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    if frame.is_empty() && fault == Fault::CloseOnEmptyFrame {
-                        return;
-                    }
-                    let mut out = BytesMut::new();
-                    if codec.encode(&frame[..], &mut out).is_err()
-                        || to.write_all(&out).await.is_err()
-                    {
-                        return;
-                    }
-                }
+            let frame = match codec.decode(&mut buf) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
+                Err(_) if fault == Fault::SurviveBadInput => {
+                    buf.clear();
+                    codec = FrameCodec::new(cap);
+                    break;
+                }
+                Err(_) if fault == Fault::OffByOneCap => return,
                 Err(_) => {
                     // Let the real tunnel see the bad bytes and react.
                     let _ = to.write_all(&buf).await;
                     buf.clear();
                     break;
                 }
+            };
+            let decoded = ManagerMessage::decode(frame.clone());
+            let frame = match (fault, decoded) {
+                (Fault::CloseOnEmptyFrame, _) if frame.is_empty() => return,
+                (Fault::SurviveBadInput, Err(_)) => continue,
+                (Fault::RejectNoncanonical, Ok(msg)) if msg.encode_to_vec() != frame[..] => return,
+                (Fault::AnswerOneWay, Ok(mut msg))
+                    if msg
+                        .rpc
+                        .as_ref()
+                        .is_none_or(|r| r.msg_id == 0 && r.response_to == 0) =>
+                {
+                    invented += 1;
+                    msg.rpc = Some(Rpc {
+                        msg_id: invented,
+                        response_to: 0,
+                    });
+                    Bytes::from(msg.encode_to_vec())
+                }
+                _ => frame,
+            };
+            let mut out = BytesMut::new();
+            if codec.encode(&frame[..], &mut out).is_err() || to.write_all(&out).await.is_err() {
+                return;
             }
         }
+        if fault == Fault::WholeReads {
+            // Whatever did not form whole frames in this read is lost.
+            buf.clear();
+            codec = FrameCodec::new(cap);
+        }
+    }
+}
+
+/// After the manager's EOF: a tunnel that ignores it keeps its side open.
+async fn park(fault: Fault) {
+    if fault == Fault::IgnoreEof {
+        std::future::pending::<()>().await;
     }
 }
 
 /// Tunnel -> manager.
 async fn upstream(fault: Fault, mut from: Reader, mut to: Writer) {
-    let Some(header) = read_line(&mut from).await else {
+    let (header, complete) = read_line(&mut from).await;
+    if !complete {
+        let _ = to.write_all(&header).await;
         return;
-    };
+    }
     let header: &[u8] = match fault {
         Fault::WrongRole => b"codervpn manager 1.2\n",
         Fault::WrongVersion => b"codervpn tunnel 9.0\n",

@@ -1,0 +1,132 @@
+//! The suite tests itself: every tunnel-side case must FAIL against a
+//! tunnel that breaks the rule it checks. `codervpn faulty-tunnel` runs the
+//! built-in tunnel behind a relay that breaks one rule; each fault names
+//! the protocol.md sections whose rules it breaks, and each case is run
+//! against the faults covering its section (strict grading, so SHOULD and
+//! hazard cases must fail too).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_codervpn");
+
+/// Fault -> the sections (prefixes of a case's `spec`) whose rules it breaks.
+const FAULTS: &[(&str, &[&str])] = &[
+    ("wrong-role", &["§3.1", "§3.4", "§12.2"]),
+    ("wrong-version", &["§3.6"]),
+    ("accept-any-header", &["§3.2", "§3.3", "§3.5", "§3.7"]),
+    ("frame-after-stop", &["§7.1", "§7.4"]),
+    ("no-eof-after-stop", &["§7.1"]),
+    ("drop-armless-replies", &["§5.5", "§4.5"]),
+    ("rpc-on-one-way", &["§5.7", "§6.12", "§6.8", "§6.9"]),
+    (
+        "shift-response-to",
+        &[
+            "§5.2", "§5.3", "§5.4", "§5.8", "§4.1", "§4.4", "§12.5", "§12.6",
+        ],
+    ),
+    ("text-ids", &["§6.6", "§6.7", "§6.8", "§9."]),
+    ("no-trailing-dot", &["§6.7", "§9.4"]),
+    ("armless-peer-update", &["§6.6"]),
+    ("close-on-empty-frame", &["§4.3"]),
+    (
+        "drop-start-response",
+        &["§6.2", "§6.3", "§6.4", "§6.5", "§6.10", "§6.11"],
+    ),
+    ("survive-bad-input", &["§4.2", "§4.3"]),
+    ("ignore-eof", &["§2.1", "§3.3", "§4.3", "§7.4"]),
+    ("whole-reads", &["§2.1", "§3.3"]),
+    ("unbounded-header", &["§3.3", "§3.8"]),
+    ("drop-bytes-after-header", &["§3.3"]),
+    ("short-header-limit", &["§3.3"]),
+    ("off-by-one-cap", &["§4.2"]),
+    ("answer-one-way", &["§5.5", "§5.7"]),
+    ("reject-noncanonical", &["§1.5", "§4.5"]),
+    ("drop-armless-replies", &["§14"]),
+];
+
+/// Cases no fault above covers yet (each needs a fault of its own).
+const UNCOVERED: &[&str] = &[];
+
+fn section(spec: &str) -> &str {
+    spec.trim_start_matches("protocol.md ")
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+}
+
+fn covers(sections: &[&str], spec: &str) -> bool {
+    let sec = section(spec);
+    sections.iter().any(|s| {
+        sec == *s || sec.starts_with(&format!("{s}.")) || (s.ends_with('.') && sec.starts_with(s))
+    })
+}
+
+#[test]
+fn every_case_fails_against_the_fault_that_breaks_its_rule() {
+    let list = Command::new(BIN)
+        .args(["conform", "--list", "--tier", "control"])
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let text = String::from_utf8(list.stdout).unwrap();
+    // `ID  Level Tier spec — title`: the spec runs up to the em dash.
+    let cases: BTreeMap<String, String> = text
+        .lines()
+        .filter(|l| !l.starts_with("MGR-"))
+        .filter_map(|l| {
+            let (id, rest) = l.split_once(' ')?;
+            let spec = rest.split_once("protocol.md")?.1.split('—').next()?.trim();
+            Some((id.to_owned(), format!("protocol.md {spec}")))
+        })
+        .collect();
+    assert!(cases.len() > 50, "catalogue not listed: {text}");
+
+    let mut caught: BTreeSet<String> = BTreeSet::new();
+    let mut report = String::new();
+    for (fault, sections) in FAULTS {
+        let ids: Vec<&String> = cases
+            .iter()
+            .filter(|(_, spec)| covers(sections, spec))
+            .map(|(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let tunnel = format!(
+            "{BIN} faulty-tunnel --fault {fault} --rpc-read-fd {{rpc_read_fd}} --rpc-write-fd {{rpc_write_fd}}"
+        );
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "conform",
+            "--tunnel-cmd",
+            &tunnel,
+            "--tier",
+            "control",
+            "--level",
+            "should",
+        ])
+        .args(["--format", "json", "--jobs", "4", "--timeout-ms", "4000"]);
+        for id in &ids {
+            cmd.args(["--only", id]);
+        }
+        let out = cmd.output().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{fault}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        for case in json["cases"].as_array().unwrap() {
+            let id = case["id"].as_str().unwrap().to_owned();
+            if case["grade"] == "fail" {
+                caught.insert(id);
+            }
+        }
+        report += &format!("{fault}: {} cases run\n", ids.len());
+    }
+    let missed: Vec<&String> = cases
+        .keys()
+        .filter(|id| !caught.contains(*id) && !UNCOVERED.contains(&id.as_str()))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "cases that no fault breaking their rule made fail: {missed:?}\n{report}"
+    );
+}
