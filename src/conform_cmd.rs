@@ -127,7 +127,9 @@ pub fn run(args: ConformArgs) -> ExitCode {
     };
     let manager = match &args.manager_cmd {
         Some(command) => Some(command.clone()),
-        None if builtin => Some(format!("{quoted} mock-manager --tunnel-cmd {{tunnel_cmd}}")),
+        None if builtin => Some(format!(
+            "{quoted} mock-manager --reply-timeout-ms 2000 --tunnel-cmd {{tunnel_cmd}}"
+        )),
         None => None,
     }
     .map(|command| ManagerLaunch {

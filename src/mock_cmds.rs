@@ -60,6 +60,9 @@ pub struct MockManagerArgs {
     /// Pause between StartResponse and Stop.
     #[arg(long, default_value_t = 200)]
     hold_ms: u64,
+    /// Bound on every reply from the tunnel (§6.2 item 4, §7.2 item 4).
+    #[arg(long, default_value_t = 30_000)]
+    reply_timeout_ms: u64,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -110,7 +113,7 @@ pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
         coder_url: args.coder_url,
         api_token: args.api_token,
         hold: Duration::from_millis(args.hold_ms),
-        reply_timeout: Duration::from_secs(30),
+        reply_timeout: Duration::from_millis(args.reply_timeout_ms),
     };
     let runtime = match runtime() {
         Ok(runtime) => runtime,

@@ -224,6 +224,7 @@ pub async fn run<S: Side>(
     let reading = tokio::spawn(read_loop(reader, in_tx));
     let writing = tokio::spawn(write_loop(writer, out_rx, log.clone(), started));
     let mut bindings = Bindings::default();
+    bindings.set("tun_fd", json!(crate::target::CHILD_TUN_FD));
     match mock {
         Some(mock) => {
             bindings.set("coder_url", json!(mock.url()));

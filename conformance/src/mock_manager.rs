@@ -87,8 +87,18 @@ async fn drive(
             coder_desktop_version: env!("CARGO_PKG_VERSION").into(),
             ..StartRequest::default()
         })))
-        .await
-        .map_err(|e| format!("Start: {e}"))?;
+        .await;
+    let start = match start {
+        Ok(start) => start,
+        Err(err) => {
+            // No StartResponse within the bound (§6.2 item 4): stop the
+            // tunnel (§6.2 item 5) before ending it.
+            let _ = speaker
+                .call(msg(manager_message::Msg::Stop(StopRequest {})))
+                .await;
+            return Err(format!("Start: {err}"));
+        }
+    };
     let started = match start.msg {
         Some(tunnel_message::Msg::Start(resp)) => resp,
         other => return Err(format!("Start answered without a start arm: {other:?}")),

@@ -17,6 +17,9 @@ use tokio::process::{Child, Command};
 /// Descriptor numbers the child gets for the two pipes.
 pub const CHILD_READ_FD: i32 = 3;
 pub const CHILD_WRITE_FD: i32 = 4;
+/// Descriptor number of the tun stand-in: one end of a datagram socket pair
+/// (one IP packet per datagram), named in StartRequest as `$tun_fd`.
+pub const CHILD_TUN_FD: i32 = 5;
 
 /// How to start the implementation under test.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +54,8 @@ pub enum LaunchError {
 #[derive(Debug)]
 pub struct Running {
     child: Child,
+    /// Our end of its tun descriptor (packets for the dataplane tier).
+    pub tun: std::os::unix::net::UnixDatagram,
     /// The last bytes it wrote on stderr, for failure reports.
     stderr: Arc<Mutex<Vec<u8>>>,
 }
@@ -105,21 +110,27 @@ impl Launch {
             program: words[0].clone(),
             source,
         };
+        // The tun stand-in, inherited at CHILD_TUN_FD in both launch modes.
+        let (tun, child_tun) =
+            std::os::unix::net::UnixDatagram::pair().map_err(LaunchError::Pipe)?;
+        let mut mappings = vec![FdMapping {
+            parent_fd: OwnedFd::from(child_tun),
+            child_fd: CHILD_TUN_FD,
+        }];
         let (mut child, stream): (Child, Stream) = match self {
             Launch::Fds(_) => {
                 let (to_child, ours_w) = std::io::pipe().map_err(LaunchError::Pipe)?;
                 let (ours_r, from_child) = std::io::pipe().map_err(LaunchError::Pipe)?;
+                mappings.push(FdMapping {
+                    parent_fd: OwnedFd::from(to_child),
+                    child_fd: CHILD_READ_FD,
+                });
+                mappings.push(FdMapping {
+                    parent_fd: OwnedFd::from(from_child),
+                    child_fd: CHILD_WRITE_FD,
+                });
                 command
-                    .fd_mappings(vec![
-                        FdMapping {
-                            parent_fd: OwnedFd::from(to_child),
-                            child_fd: CHILD_READ_FD,
-                        },
-                        FdMapping {
-                            parent_fd: OwnedFd::from(from_child),
-                            child_fd: CHILD_WRITE_FD,
-                        },
-                    ])
+                    .fd_mappings(mappings)
                     .map_err(|_| spawn_error(std::io::Error::other("descriptor collision")))?;
                 let child = command.spawn().map_err(spawn_error)?;
                 // Our copies of the child's ends go now, so that its exit
@@ -133,7 +144,11 @@ impl Launch {
             }
             Launch::Stdio(_) => {
                 command.stdin(Stdio::piped()).stdout(Stdio::piped());
+                command
+                    .fd_mappings(mappings)
+                    .map_err(|_| spawn_error(std::io::Error::other("descriptor collision")))?;
                 let mut child = command.spawn().map_err(spawn_error)?;
+                drop(command);
                 let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                     return Err(spawn_error(std::io::Error::other("no stdio pipes")));
                 };
@@ -156,7 +171,7 @@ impl Launch {
                 }
             });
         }
-        Ok((Running { child, stderr }, stream))
+        Ok((Running { child, tun, stderr }, stream))
     }
 }
 
