@@ -32,6 +32,7 @@ fn say(text: &str) {
 mod conform_cmd;
 mod mock_cmds;
 mod record_cmd;
+mod rpc_fds;
 mod tunnel_cmd;
 
 #[derive(Debug, Parser)]

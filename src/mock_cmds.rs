@@ -22,18 +22,8 @@ pub struct MockTunnelArgs {
     /// Bound on the case, overriding its own.
     #[arg(long)]
     timeout_ms: Option<u64>,
-    #[arg(
-        long,
-        env = "CODER_VPN_DAEMON_RPC_READ_FD",
-        allow_negative_numbers = true
-    )]
-    rpc_read_fd: Option<i64>,
-    #[arg(
-        long,
-        env = "CODER_VPN_DAEMON_RPC_WRITE_FD",
-        allow_negative_numbers = true
-    )]
-    rpc_write_fd: Option<i64>,
+    #[command(flatten)]
+    fds: crate::rpc_fds::RpcFds,
     /// `vpn-daemon run`, when launched like `coder vpn-daemon run`.
     #[arg(trailing_var_arg = true, hide = true)]
     rest: Vec<String>,
@@ -77,11 +67,10 @@ pub fn mock_tunnel(args: MockTunnelArgs) -> ExitCode {
         eprintln!("error: unexpected arguments {:?}", args.rest);
         return ExitCode::from(2);
     }
-    let fds = match (args.rpc_read_fd, args.rpc_write_fd) {
-        (Some(r), Some(w)) => Some((r, w)),
-        (None, None) => None,
-        _ => {
-            eprintln!("error: --rpc-read-fd and --rpc-write-fd go together");
+    let fds = match args.fds.pair() {
+        Ok(fds) => fds,
+        Err(err) => {
+            eprintln!("error: {err}");
             return ExitCode::from(2);
         }
     };
@@ -137,10 +126,8 @@ pub struct FaultyTunnelArgs {
     /// The rule to break (see `codervpn_conformance::faulty::Fault`).
     #[arg(long)]
     fault: String,
-    #[arg(long, allow_negative_numbers = true)]
-    rpc_read_fd: Option<i64>,
-    #[arg(long, allow_negative_numbers = true)]
-    rpc_write_fd: Option<i64>,
+    #[command(flatten)]
+    fds: crate::rpc_fds::RpcFds,
     /// Extra arguments for the real tunnel behind the fault.
     #[arg(last = true)]
     tunnel_args: Vec<String>,
@@ -162,10 +149,7 @@ pub fn faulty_tunnel(args: FaultyTunnelArgs) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let outer = match (args.rpc_read_fd, args.rpc_write_fd) {
-            (Some(r), Some(w)) => codervpn_reference_tunnel::fd::inherited(r, w),
-            _ => codervpn_reference_tunnel::fd::stdio(),
-        };
+        let outer = args.fds.open();
         let outer = match outer {
             Ok(outer) => outer,
             Err(err) => {

@@ -16,21 +16,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Args)]
 pub struct TunnelArgs {
-    /// Descriptor to read the manager's frames from (with --rpc-write-fd;
-    /// both absent: standard input and output).
-    #[arg(
-        long,
-        env = "CODER_VPN_DAEMON_RPC_READ_FD",
-        allow_negative_numbers = true
-    )]
-    rpc_read_fd: Option<i64>,
-    /// Descriptor to write the tunnel's frames to.
-    #[arg(
-        long,
-        env = "CODER_VPN_DAEMON_RPC_WRITE_FD",
-        allow_negative_numbers = true
-    )]
-    rpc_write_fd: Option<i64>,
+    #[command(flatten)]
+    fds: crate::rpc_fds::RpcFds,
     /// Versions to advertise in the handshake (§3.6).
     #[arg(long, default_value = "1.2")]
     versions: VersionList,
@@ -73,20 +60,19 @@ pub fn run(args: TunnelArgs) -> ExitCode {
         .init();
 
     // Check the flags before touching any descriptor (§2.2 item 2).
-    let fds = match (args.rpc_read_fd, args.rpc_write_fd) {
-        (Some(read), Some(write)) => match fd::check_pair(read, write) {
-            Ok(_) => Some((read, write)),
-            Err(err) => {
+    match args.fds.pair() {
+        Ok(Some((read, write))) => {
+            if let Err(err) = fd::check_pair(read, write) {
                 eprintln!("error: {err}");
                 return ExitCode::from(2);
             }
-        },
-        (None, None) => None,
-        _ => {
-            eprintln!("error: --rpc-read-fd and --rpc-write-fd go together");
+        }
+        Ok(None) => {}
+        Err(err) => {
+            eprintln!("error: {err}");
             return ExitCode::from(2);
         }
-    };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -106,11 +92,7 @@ pub fn run(args: TunnelArgs) -> ExitCode {
         },
     };
     let code = runtime.block_on(async move {
-        let stream = match fds {
-            Some((read, write)) => fd::inherited(read, write),
-            None => fd::stdio(),
-        };
-        let (reader, writer) = match stream {
+        let (reader, writer) = match args.fds.open() {
             Ok(stream) => stream,
             Err(err) => {
                 eprintln!("error: {err}");

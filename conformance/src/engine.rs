@@ -400,15 +400,7 @@ impl<S: Side> Run<'_, S> {
                 let started = Instant::now();
                 self.expect(std::slice::from_ref(message), *within_ms)
                     .await?;
-                if let Some(warn) = warn_after_ms
-                    && started.elapsed() > Duration::from_millis(*warn)
-                {
-                    self.warnings.push(format!(
-                        "{}: arrived after {:?} (more than {warn} ms)",
-                        self.rule(),
-                        started.elapsed()
-                    ));
-                }
+                self.warn_if_late(started, *warn_after_ms, "arrived");
                 Ok(())
             }
             Event::ExpectAnyOrder {
@@ -421,15 +413,7 @@ impl<S: Side> Run<'_, S> {
             } => {
                 let started = Instant::now();
                 self.expect_eof(*within_ms).await?;
-                if let Some(warn) = warn_after_ms
-                    && started.elapsed() > Duration::from_millis(*warn)
-                {
-                    self.warnings.push(format!(
-                        "{}: EOF came after {:?} (more than {warn} ms)",
-                        self.rule(),
-                        started.elapsed()
-                    ));
-                }
+                self.warn_if_late(started, *warn_after_ms, "EOF came");
                 Ok(())
             }
             Event::ExpectNothing { for_ms } => self.expect_nothing(*for_ms).await,
@@ -447,6 +431,19 @@ impl<S: Side> Run<'_, S> {
                 mock.apply(action);
                 Ok(())
             }
+        }
+    }
+
+    /// Something expected came, but later than `warn_after_ms`: a warning.
+    fn warn_if_late(&mut self, started: Instant, warn_after_ms: Option<u64>, what: &str) {
+        let elapsed = started.elapsed();
+        if let Some(warn) = warn_after_ms
+            && elapsed > Duration::from_millis(warn)
+        {
+            let rule = self.rule().to_owned();
+            self.warnings.push(format!(
+                "{rule}: {what} after {elapsed:?} (more than {warn} ms)"
+            ));
         }
     }
 

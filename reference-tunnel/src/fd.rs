@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub type RpcReader = Box<dyn AsyncRead + Send + Unpin>;
 /// Writing half of the RPC stream.
 pub type RpcWriter = Box<dyn AsyncWrite + Send + Unpin>;
+/// Both halves.
+pub type RpcStream = (RpcReader, RpcWriter);
 
 /// A descriptor that cannot serve as the RPC stream.
 #[derive(Debug, thiserror::Error)]
