@@ -396,9 +396,10 @@ impl<S: Side> Run<'_, S> {
                 message,
                 within_ms,
                 warn_after_ms,
+                answer,
             }) => {
                 let started = Instant::now();
-                self.expect(std::slice::from_ref(message), *within_ms)
+                self.expect(std::slice::from_ref(message), *within_ms, *answer)
                     .await?;
                 self.warn_if_late(started, *warn_after_ms, "arrived");
                 Ok(())
@@ -406,13 +407,15 @@ impl<S: Side> Run<'_, S> {
             Event::ExpectAnyOrder {
                 messages,
                 within_ms,
-            } => self.expect(messages, *within_ms).await,
+                answer,
+            } => self.expect(messages, *within_ms, *answer).await.map(drop),
             Event::ExpectEof {
                 within_ms,
                 warn_after_ms,
+                allow_background,
             } => {
                 let started = Instant::now();
-                self.expect_eof(*within_ms).await?;
+                self.expect_eof(*within_ms, *allow_background).await?;
                 self.warn_if_late(started, *warn_after_ms, "EOF came");
                 Ok(())
             }
@@ -430,6 +433,90 @@ impl<S: Side> Run<'_, S> {
                     .ok_or("this case needs the mock control plane (tier control)")?;
                 mock.apply(action);
                 Ok(())
+            }
+        }
+    }
+
+    /// Answers each matched message that is a request the harness answers.
+    fn answer_matched(&mut self, matched: &[Value]) {
+        for msg in matched {
+            if let Background::Answer(id) = self.background(msg) {
+                self.answer(id);
+            }
+        }
+    }
+
+    /// Waits until every pattern has matched one message, in any order;
+    /// with `answer`, each match that is an answerable request is answered
+    /// as soon as it arrives (the peer may wait for it before the rest).
+    /// Returns the matched messages in arrival order.
+    async fn expect(
+        &mut self,
+        patterns: &[Value],
+        within_ms: u64,
+        answer: bool,
+    ) -> Result<Vec<Value>, String> {
+        let deadline = TokioInstant::now() + Duration::from_millis(within_ms);
+        let mut left: Vec<Value> = patterns.to_vec();
+        let mut matched = Vec::new();
+        while !left.is_empty() {
+            let (index, msg) = self.expect_one_of(&left, deadline, within_ms).await?;
+            left.remove(index);
+            if answer {
+                self.answer_matched(std::slice::from_ref(&msg));
+            }
+            matched.push(msg);
+        }
+        Ok(matched)
+    }
+
+    /// The next message matching any of `patterns`, with its index;
+    /// background traffic on the way is handled as usual.
+    async fn expect_one_of(
+        &mut self,
+        patterns: &[Value],
+        deadline: TokioInstant,
+        within_ms: u64,
+    ) -> Result<(usize, Value), String> {
+        loop {
+            let msg = match self.next_message(deadline).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    return Err(format!(
+                        "{}: expected {} within {within_ms} ms, got nothing (stalled)",
+                        self.rule(),
+                        show(patterns)
+                    ));
+                }
+                Err(why) => {
+                    return Err(format!(
+                        "{}: expected {}, but {why}",
+                        self.rule(),
+                        show(patterns)
+                    ));
+                }
+            };
+            if let Some(i) = patterns
+                .iter()
+                .position(|p| self.bindings.matches(p, &msg).is_ok())
+            {
+                return Ok((i, msg));
+            }
+            match self.background(&msg) {
+                Background::Yes => {}
+                Background::Answer(id) => self.answer(id),
+                Background::No => {
+                    let why = patterns
+                        .first()
+                        .and_then(|p| self.bindings.clone().matches(p, &msg).err())
+                        .map(|m| m.to_string())
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "{}: expected {}, got {msg} ({why})",
+                        self.rule(),
+                        show(patterns)
+                    ));
+                }
             }
         }
     }
@@ -635,67 +722,32 @@ impl<S: Side> Run<'_, S> {
     }
 
     /// Waits until every pattern has matched one message, in any order.
-    async fn expect(&mut self, patterns: &[Value], within_ms: u64) -> Result<(), String> {
+    async fn expect_eof(&mut self, within_ms: u64, allow_background: bool) -> Result<(), String> {
         let deadline = TokioInstant::now() + Duration::from_millis(within_ms);
-        let mut left: Vec<Value> = patterns.to_vec();
-        while !left.is_empty() {
-            let msg = match self.next_message(deadline).await {
-                Ok(Some(msg)) => msg,
+        loop {
+            if self.closed {
+                return Ok(());
+            }
+            match self.next_message(deadline).await {
                 Ok(None) => {
                     return Err(format!(
-                        "{}: expected {} within {within_ms} ms, got nothing (stalled)",
-                        self.rule(),
-                        show(&left)
+                        "{}: the stream was not closed within {within_ms} ms",
+                        self.rule()
                     ));
                 }
-                Err(why) => {
-                    return Err(format!(
-                        "{}: expected {}, but {why}",
-                        self.rule(),
-                        show(&left)
-                    ));
+                Ok(Some(msg)) if allow_background => match self.background(&msg) {
+                    Background::Yes => {}
+                    Background::Answer(id) => self.answer(id),
+                    Background::No => {
+                        return Err(format!("{}: expected EOF, got a frame: {msg}", self.rule()));
+                    }
+                },
+                Ok(Some(msg)) => {
+                    return Err(format!("{}: expected EOF, got a frame: {msg}", self.rule()));
                 }
-            };
-            if let Some(i) = left
-                .iter()
-                .position(|p| self.bindings.matches(p, &msg).is_ok())
-            {
-                left.remove(i);
-                continue;
+                Err(_) if self.closed => return Ok(()),
+                Err(why) => return Err(format!("{}: expected EOF, but {why}", self.rule())),
             }
-            match self.background(&msg) {
-                Background::Yes => {}
-                Background::Answer(id) => self.answer(id),
-                Background::No => {
-                    let why = left
-                        .first()
-                        .and_then(|p| self.bindings.clone().matches(p, &msg).err())
-                        .map(|m| m.to_string())
-                        .unwrap_or_default();
-                    return Err(format!(
-                        "{}: expected {}, got {msg} ({why})",
-                        self.rule(),
-                        show(&left)
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn expect_eof(&mut self, within_ms: u64) -> Result<(), String> {
-        if self.closed {
-            return Ok(());
-        }
-        let deadline = TokioInstant::now() + Duration::from_millis(within_ms);
-        match self.next_message(deadline).await {
-            Ok(None) => Err(format!(
-                "{}: the stream was not closed within {within_ms} ms",
-                self.rule()
-            )),
-            Ok(Some(msg)) => Err(format!("{}: expected EOF, got a frame: {msg}", self.rule())),
-            Err(_) if self.closed => Ok(()),
-            Err(why) => Err(format!("{}: expected EOF, but {why}", self.rule())),
         }
     }
 

@@ -97,6 +97,21 @@ impl Bindings {
                 Ok(())
             }
             (Value::String(s), None) if s == "$any" => fail("any value".into()),
+            (Value::String(s), actual)
+                if s.starts_with("$prefix:") || s.starts_with("$contains:") =>
+            {
+                let (kind, text) = s[1..].split_once(':').unwrap_or_default();
+                let found = actual.and_then(Value::as_str).unwrap_or_default();
+                let ok = match kind {
+                    "prefix" => found.starts_with(text),
+                    _ => found.contains(text),
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    fail(format!("text with {kind} {text:?}"))
+                }
+            }
             (Value::String(s), actual) if s.starts_with('$') && s.len() > 1 => {
                 let name = &s[1..];
                 match (self.values.get(name), actual) {
@@ -237,5 +252,22 @@ mod tests {
             .matches(&json!({"start": {"errorMessage": "y"}}), &actual)
             .unwrap_err();
         assert_eq!(err.path, "$.start.errorMessage");
+        // Text by prefix or substring (error texts, §6.2 rule 2).
+        let text = json!({"start": {"errorMessage": "parse url \"::\": bad"}});
+        assert!(
+            b.matches(
+                &json!({"start": {"errorMessage": "$prefix:parse url \""}}),
+                &text
+            )
+            .is_ok()
+        );
+        assert!(
+            b.matches(&json!({"start": {"errorMessage": "$contains:bad"}}), &text)
+                .is_ok()
+        );
+        assert!(
+            b.matches(&json!({"start": {"errorMessage": "$prefix:bad"}}), &text)
+                .is_err()
+        );
     }
 }

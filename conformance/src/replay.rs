@@ -62,11 +62,13 @@ pub fn script(recording: &Transcript) -> Transcript {
                     message: normalise(&symbolic(msg, "responseTo")),
                     within_ms: 10_000,
                     warn_after_ms: None,
+                    answer: false,
                 }));
             }
             (Direction::Received, RecordedItem::Eof) => events.push(Event::ExpectEof {
                 within_ms: 5_000,
                 warn_after_ms: Some(1_000),
+                allow_background: false,
             }),
             _ => {}
         }

@@ -132,6 +132,9 @@ pub enum Event {
         messages: Vec<Value>,
         #[serde(default = "default_wait")]
         within_ms: u64,
+        /// Answer matched requests as background traffic would be.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        answer: bool,
     },
     /// Expect the peer to close: no frame first. Later than `warn_after_ms`
     /// is a warning.
@@ -140,6 +143,10 @@ pub enum Event {
         within_ms: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         warn_after_ms: Option<u64>,
+        /// Let background traffic come before the EOF (not after a
+        /// StopResponse, where nothing may come, §7.1 rule 2).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_background: bool,
     },
     /// Expect no message other than background traffic for this long.
     ExpectNothing { for_ms: u64 },
@@ -170,6 +177,10 @@ pub struct Expectation {
     /// Arriving later than this is a warning, not a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warn_after_ms: Option<u64>,
+    /// When the matched message is a request the harness answers as
+    /// background (NetworkSettings, GetPeerUpdate), answer it as well.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answer: bool,
 }
 
 /// What happened, in order.

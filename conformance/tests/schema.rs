@@ -328,14 +328,17 @@ fn every_event() -> Vec<Event> {
             message: json!({"rpc": {"responseTo": "$stop"}, "stop": {"success": true}}),
             within_ms: 5000,
             warn_after_ms: Some(1000),
+            answer: true,
         }),
         Event::ExpectAnyOrder {
             messages: vec![json!({"log": {}}), json!({"peerUpdate": {}})],
             within_ms: 100,
+            answer: true,
         },
         Event::ExpectEof {
             within_ms: 5000,
             warn_after_ms: None,
+            allow_background: true,
         },
         Event::ExpectNothing { for_ms: 100 },
         Event::Sleep { ms: 10 },
