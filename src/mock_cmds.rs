@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use codervpn_conformance::mock_manager::{self, Lifecycle};
+use codervpn_conformance::mock_manager::{self, Lifecycle, ManagerFault};
 use codervpn_conformance::mock_tunnel;
 use codervpn_conformance::target::Launch;
 
@@ -53,6 +53,9 @@ pub struct MockManagerArgs {
     /// Bound on every reply from the tunnel (§6.2 item 4, §7.2 item 4).
     #[arg(long, default_value_t = 30_000)]
     reply_timeout_ms: u64,
+    /// Break one manager rule on purpose (tests the suite itself).
+    #[arg(long, hide = true)]
+    fault: Option<String>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -94,6 +97,19 @@ pub fn mock_tunnel(args: MockTunnelArgs) -> ExitCode {
 }
 
 pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
+    let fault = match args
+        .fault
+        .as_deref()
+        .map(|name| (name, ManagerFault::parse(name)))
+    {
+        None => None,
+        Some((_, Some(fault))) => Some(fault),
+        Some((name, None)) => {
+            let names: Vec<String> = ManagerFault::ALL.iter().map(|f| f.name()).collect();
+            eprintln!("error: unknown fault {name:?}; one of {}", names.join(", "));
+            return ExitCode::from(2);
+        }
+    };
     let launch = Launch::Fds(format!(
         "{} --rpc-read-fd {{rpc_read_fd}} --rpc-write-fd {{rpc_write_fd}}",
         args.tunnel_cmd
@@ -103,6 +119,7 @@ pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
         api_token: args.api_token,
         hold: Duration::from_millis(args.hold_ms),
         reply_timeout: Duration::from_millis(args.reply_timeout_ms),
+        fault,
     };
     let runtime = match runtime() {
         Ok(runtime) => runtime,

@@ -130,3 +130,65 @@ fn every_case_fails_against_the_fault_that_breaks_its_rule() {
         "cases that no fault breaking their rule made fail: {missed:?}\n{report}"
     );
 }
+
+/// Manager fault -> the manager-side cases it must make fail.
+const MANAGER_FAULTS: &[(&str, &[&str])] = &[
+    ("write-after-read", &["MGR-001"]),
+    ("first-id-five", &["MGR-002"]),
+    ("ignore-network-settings", &["MGR-003", "MGR-004"]),
+    ("close-on-early-update", &["MGR-005"]),
+    (
+        "close-on-odd-input",
+        &["MGR-006", "MGR-007", "MGR-008", "MGR-010"],
+    ),
+    ("send-after-stop", &["MGR-009"]),
+    ("close-after-stop", &["MGR-009"]),
+    ("strict-versions", &["MGR-011"]),
+    ("no-stop-after-failed-start", &["MGR-012"]),
+    ("no-start-timeout", &["MGR-013"]),
+];
+
+/// The same for managers: the mock manager breaks one [M] rule on request,
+/// and every manager-side case fails against the manager breaking its rule.
+#[test]
+fn every_manager_case_fails_against_the_manager_breaking_its_rule() {
+    let mut caught = BTreeSet::new();
+    for (fault, ids) in MANAGER_FAULTS {
+        let manager = format!(
+            "{BIN} mock-manager --fault {fault} --reply-timeout-ms 2000 --tunnel-cmd {{tunnel_cmd}}"
+        );
+        let mut cmd = Command::new(BIN);
+        cmd.args(["conform", "--manager-cmd", &manager, "--level", "should"])
+            .args(["--format", "json", "--jobs", "4", "--timeout-ms", "8000"]);
+        for id in *ids {
+            cmd.args(["--only", id]);
+        }
+        let out = cmd.output().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{fault}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        for case in json["cases"].as_array().unwrap() {
+            let id = case["id"].as_str().unwrap();
+            assert_eq!(
+                case["grade"], "fail",
+                "{id} passed against --fault {fault}: {case}"
+            );
+            caught.insert(id.to_owned());
+        }
+    }
+    let list = Command::new(BIN)
+        .args(["conform", "--list"])
+        .output()
+        .unwrap();
+    let all: BTreeSet<String> = String::from_utf8(list.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|id| id.starts_with("MGR-"))
+        .map(str::to_owned)
+        .collect();
+    let missed: Vec<&String> = all.difference(&caught).collect();
+    assert!(
+        missed.is_empty(),
+        "manager cases no fault made fail: {missed:?}"
+    );
+}

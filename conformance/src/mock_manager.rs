@@ -3,17 +3,81 @@
 //! (protocol.md §2.1, §6.4, §7.2, §10): handshake, read loop answering
 //! NetworkSettings, Start, GetPeerUpdate, a pause, Stop, then it ends the
 //! process. It is the reference the manager-side cases are checked
-//! against, and a handy driver for tunnels.
+//! against, and a handy driver for tunnels. On request it breaks one [M]
+//! rule ([`ManagerFault`]), so that each manager-side case can be shown to
+//! fail against a manager that breaks its rule.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use codervpn_codec::{Inbound, Manager, Speaker, SpeakerConfig};
+use codervpn_codec::frame::encode_frame;
+use codervpn_codec::handshake::{Header, read_header_line};
+use codervpn_codec::{Inbound, MAX_FRAME_LEN, Manager, Speaker, SpeakerConfig};
 use codervpn_proto::{
-    GetPeerUpdate, ManagerMessage, NetworkSettingsResponse, StartRequest, StopRequest,
-    manager_message, tunnel_message,
+    Envelope, GetPeerUpdate, ManagerMessage, NetworkSettingsResponse, Rpc, StartRequest,
+    StopRequest, manager_message, tunnel_message,
 };
+use tokio::io::AsyncWriteExt;
 
 use crate::target::Launch;
+
+/// One broken manager rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagerFault {
+    /// Reads the tunnel's header before writing its own (§3.4 item 1).
+    WriteAfterRead,
+    /// Refuses a tunnel that announces more than one version (§3.6).
+    StrictVersions,
+    /// Never answers NetworkSettings requests (§6.4 item 1, §6.11 item 1).
+    IgnoreNetworkSettings,
+    /// Closes on a PeerUpdate before the StartResponse (§6.4 item 1).
+    CloseOnEarlyUpdate,
+    /// Closes on input it does not expect: unknown arms, odd log levels,
+    /// unmatched responses, zero-length frames (§4.3, §4.5, §5.3, §6.12).
+    CloseOnOddInput,
+    /// Numbers its first request 5 (§5.2 item 1).
+    FirstIdFive,
+    /// Sends a GetPeerUpdate after Stop (§7.2 item 1).
+    SendAfterStop,
+    /// Closes its side right after sending Stop (§7.2 item 3).
+    CloseAfterStop,
+    /// After a failed Start, ends without Stop (§6.2 item 5).
+    NoStopAfterFailedStart,
+    /// Waits for the StartResponse without a bound (§6.2 item 4).
+    NoStartTimeout,
+}
+
+impl ManagerFault {
+    pub const ALL: [ManagerFault; 10] = [
+        ManagerFault::WriteAfterRead,
+        ManagerFault::StrictVersions,
+        ManagerFault::IgnoreNetworkSettings,
+        ManagerFault::CloseOnEarlyUpdate,
+        ManagerFault::CloseOnOddInput,
+        ManagerFault::FirstIdFive,
+        ManagerFault::SendAfterStop,
+        ManagerFault::CloseAfterStop,
+        ManagerFault::NoStopAfterFailedStart,
+        ManagerFault::NoStartTimeout,
+    ];
+
+    /// The kebab-case name used on the command line.
+    pub fn name(self) -> String {
+        let mut out = String::new();
+        for (i, c) in format!("{self:?}").chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        out
+    }
+
+    pub fn parse(name: &str) -> Option<ManagerFault> {
+        ManagerFault::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
 
 /// One lifecycle's settings.
 #[derive(Debug, Clone)]
@@ -24,6 +88,8 @@ pub struct Lifecycle {
     pub hold: Duration,
     /// Bound on every reply (§7.2 item 4, §6.2 item 4).
     pub reply_timeout: Duration,
+    /// The rule to break, if any.
+    pub fault: Option<ManagerFault>,
 }
 
 /// Runs the lifecycle against the tunnel `launch` starts. The tunnel is
@@ -43,31 +109,102 @@ fn msg(msg: manager_message::Msg) -> ManagerMessage {
     }
 }
 
+/// A request frame with a chosen id, for the faults that bypass the
+/// speaker's own numbering and sealing.
+fn raw_request(id: u64, arm: manager_message::Msg) -> bytes::Bytes {
+    let mut request = msg(arm);
+    request.set_rpc(Some(Rpc {
+        msg_id: id,
+        response_to: 0,
+    }));
+    encode_frame(&request, MAX_FRAME_LEN).unwrap_or_default()
+}
+
 async fn drive(
-    reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    mut writer: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     lifecycle: &Lifecycle,
 ) -> Result<String, String> {
+    let fault = lifecycle.fault;
+    let is = |f: ManagerFault| fault == Some(f);
     let config = SpeakerConfig {
         call_timeout: lifecycle.reply_timeout,
         ..SpeakerConfig::default()
     };
-    let (speaker, mut incoming, negotiated) = Speaker::<Manager>::connect(reader, writer, config)
-        .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
+    let (speaker, mut incoming, version) = if is(ManagerFault::WriteAfterRead) {
+        let peer = read_header_line(&mut reader)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ours = Header::new(codervpn_codec::Role::Manager, config.versions.clone());
+        writer
+            .write_all(ours.to_line().as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let header =
+            Header::parse(&peer, codervpn_codec::Role::Tunnel).map_err(|e| e.to_string())?;
+        let (speaker, incoming) = Speaker::<Manager>::start(reader, writer, config);
+        (speaker, incoming, header.versions.to_string())
+    } else {
+        let (speaker, incoming, negotiated) = Speaker::<Manager>::connect(reader, writer, config)
+            .await
+            .map_err(|e| format!("handshake failed: {e}"))?;
+        if is(ManagerFault::StrictVersions) && negotiated.peer.versions.versions().len() > 1 {
+            speaker.close().await;
+            return Err("refused a tunnel announcing several versions".into());
+        }
+        (speaker, incoming, negotiated.version.to_string())
+    };
+    let started = Arc::new(AtomicBool::new(false));
     // The read loop runs before Start is sent (§6.4 item 1).
     let answer = speaker.clone();
+    let start_seen = started.clone();
     let reader = tokio::spawn(async move {
         let mut updates = 0usize;
-        while let Some(inbound) = incoming.recv().await {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            let inbound = tokio::select! {
+                inbound = incoming.recv() => inbound,
+                _ = tick.tick() => {
+                    // Responses and empty frames never reach this loop;
+                    // the speaker counts them.
+                    let stats = answer.stats();
+                    if fault == Some(ManagerFault::CloseOnOddInput)
+                        && (stats.unmatched_responses > 0 || stats.empty_frames > 0)
+                    {
+                        answer.close().await;
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(inbound) = inbound else { break };
+            let odd = match &inbound {
+                Inbound::Request { msg, .. } | Inbound::OneWay(msg) => match &msg.msg {
+                    None => true,
+                    Some(tunnel_message::Msg::Log(log)) => !(0..=5).contains(&log.level),
+                    _ => false,
+                },
+            };
+            let early_update = !start_seen.load(Ordering::SeqCst)
+                && matches!(&inbound, Inbound::OneWay(m) if matches!(m.msg, Some(tunnel_message::Msg::PeerUpdate(_))));
+            if (fault == Some(ManagerFault::CloseOnOddInput) && odd)
+                || (fault == Some(ManagerFault::CloseOnEarlyUpdate) && early_update)
+            {
+                answer.close().await;
+                break;
+            }
             match inbound {
-                Inbound::Request { id, msg } => {
-                    if let Some(tunnel_message::Msg::NetworkSettings(_)) = msg.msg {
+                Inbound::Request { id, msg: request } => {
+                    if let Some(tunnel_message::Msg::NetworkSettings(_)) = request.msg
+                        && fault != Some(ManagerFault::IgnoreNetworkSettings)
+                    {
                         let ok = NetworkSettingsResponse {
                             success: true,
                             error_message: String::new(),
                         };
-                        let _ = answer.reply(id, msg_reply(ok)).await;
+                        let _ = answer
+                            .reply(id, msg(manager_message::Msg::NetworkSettings(ok)))
+                            .await;
                     }
                 }
                 Inbound::OneWay(msg) => {
@@ -79,15 +216,30 @@ async fn drive(
         }
         updates
     });
+    let start = StartRequest {
+        coder_url: lifecycle.coder_url.clone(),
+        api_token: lifecycle.api_token.clone(),
+        device_os: "Linux".into(),
+        coder_desktop_version: env!("CARGO_PKG_VERSION").into(),
+        ..StartRequest::default()
+    };
+    if is(ManagerFault::FirstIdFive) {
+        let _ = speaker
+            .send_raw(raw_request(5, manager_message::Msg::Start(start)))
+            .await;
+        tokio::time::sleep(lifecycle.reply_timeout).await;
+        speaker.close().await;
+        return Err("sent Start with id 5".into());
+    }
+    let start_timeout = if is(ManagerFault::NoStartTimeout) {
+        Duration::from_secs(24 * 3600)
+    } else {
+        lifecycle.reply_timeout
+    };
     let start = speaker
-        .call(msg(manager_message::Msg::Start(StartRequest {
-            coder_url: lifecycle.coder_url.clone(),
-            api_token: lifecycle.api_token.clone(),
-            device_os: "Linux".into(),
-            coder_desktop_version: env!("CARGO_PKG_VERSION").into(),
-            ..StartRequest::default()
-        })))
+        .call_within(msg(manager_message::Msg::Start(start)), start_timeout)
         .await;
+    started.store(true, Ordering::SeqCst);
     let start = match start {
         Ok(start) => start,
         Err(err) => {
@@ -103,7 +255,7 @@ async fn drive(
         Some(tunnel_message::Msg::Start(resp)) => resp,
         other => return Err(format!("Start answered without a start arm: {other:?}")),
     };
-    let mut summary = format!("negotiated {}; ", negotiated.version);
+    let mut summary = format!("negotiated {version}; ");
     if started.success {
         let state = speaker
             .call(msg(manager_message::Msg::GetPeerUpdate(GetPeerUpdate {})))
@@ -119,6 +271,22 @@ async fn drive(
         tokio::time::sleep(lifecycle.hold).await;
     } else {
         summary += &format!("Start failed: {}; ", started.error_message);
+        if is(ManagerFault::NoStopAfterFailedStart) {
+            speaker.close().await;
+            return Err(summary);
+        }
+    }
+    if is(ManagerFault::SendAfterStop) || is(ManagerFault::CloseAfterStop) {
+        let _ = speaker
+            .send_raw(raw_request(90, manager_message::Msg::Stop(StopRequest {})))
+            .await;
+        if is(ManagerFault::SendAfterStop) {
+            let after = raw_request(91, manager_message::Msg::GetPeerUpdate(GetPeerUpdate {}));
+            let _ = speaker.send_raw(after).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        speaker.close().await;
+        return Err("broke the Stop rules on purpose".into());
     }
     // §6.2 item 5 and §7.2: Stop, keep reading until StopResponse and EOF.
     let stop = speaker
@@ -138,8 +306,4 @@ async fn drive(
     } else {
         Err(summary)
     }
-}
-
-fn msg_reply(ok: NetworkSettingsResponse) -> ManagerMessage {
-    msg(manager_message::Msg::NetworkSettings(ok))
 }
