@@ -419,8 +419,8 @@ impl<S: Side> Run<'_, S> {
                 self.warn_if_late(started, *warn_after_ms, "EOF came");
                 Ok(())
             }
-            Event::ExpectNothing { for_ms } => self.expect_nothing(*for_ms).await,
-            Event::Sleep { ms } => self.background_for(*ms).await,
+            Event::ExpectNothing { for_ms } => self.wait_quiet(*for_ms, false).await,
+            Event::Sleep { ms } => self.wait_quiet(*ms, true).await,
             Event::CloseWrite => {
                 let _ = self.out.send(Write::Close);
                 Ok(())
@@ -751,9 +751,16 @@ impl<S: Side> Run<'_, S> {
         }
     }
 
-    async fn expect_nothing(&mut self, for_ms: u64) -> Result<(), String> {
-        let deadline = TokioInstant::now() + Duration::from_millis(for_ms);
+    /// Waits `ms`, still answering and checking background traffic; any
+    /// other message fails. The peer closing fails too, unless `eof_ok`
+    /// (a plain pause, as opposed to `expect_nothing`).
+    async fn wait_quiet(&mut self, ms: u64, eof_ok: bool) -> Result<(), String> {
+        let deadline = TokioInstant::now() + Duration::from_millis(ms);
         loop {
+            if self.closed && eof_ok {
+                tokio::time::sleep_until(deadline).await;
+                return Ok(());
+            }
             match self.next_message(deadline).await {
                 Ok(None) => return Ok(()),
                 Ok(Some(msg)) => match self.background(&msg) {
@@ -763,35 +770,13 @@ impl<S: Side> Run<'_, S> {
                         return Err(format!("{}: expected nothing, got {msg}", self.rule()));
                     }
                 },
+                Err(_) if self.closed && eof_ok => {}
                 Err(why) => {
                     return Err(format!(
                         "{}: expected the stream to stay open and quiet, but {why}",
                         self.rule()
                     ));
                 }
-            }
-        }
-    }
-
-    /// Waits, still answering and checking background traffic.
-    async fn background_for(&mut self, ms: u64) -> Result<(), String> {
-        if self.closed {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            return Ok(());
-        }
-        let deadline = TokioInstant::now() + Duration::from_millis(ms);
-        loop {
-            match self.next_message(deadline).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(msg)) => match self.background(&msg) {
-                    Background::Yes => {}
-                    Background::Answer(id) => self.answer(id),
-                    Background::No => {
-                        return Err(format!("unexpected message while waiting: {msg}"));
-                    }
-                },
-                Err(_) if self.closed => return Ok(()),
-                Err(why) => return Err(why),
             }
         }
     }
