@@ -9,6 +9,7 @@
 //! * [`fd`]: opening the inherited pipe descriptors.
 
 pub mod control;
+pub mod dataplane;
 pub mod fd;
 pub mod logs;
 pub mod peers;
