@@ -161,7 +161,7 @@ fn every_manager_case_fails_against_the_manager_breaking_its_rule() {
     let mut caught = BTreeSet::new();
     for (fault, ids) in MANAGER_FAULTS {
         let manager = format!(
-            "{BIN} mock-manager --fault {fault} --reply-timeout-ms 2000 --tunnel-cmd {{tunnel_cmd}}"
+            "{BIN} mock-manager --fault {fault} --hold-ms 500 --reply-timeout-ms 2000 --tunnel-cmd {{tunnel_cmd}}"
         );
         let mut cmd = Command::new(BIN);
         cmd.args(["conform", "--manager-cmd", &manager, "--level", "should"])
@@ -176,7 +176,8 @@ fn every_manager_case_fails_against_the_manager_breaking_its_rule() {
             let id = case["id"].as_str().unwrap();
             assert_eq!(
                 case["grade"], "fail",
-                "{id} passed against --fault {fault}: {case}"
+                "{id} was not failed by --fault {fault}: {} {}",
+                case["grade"], case["message"]
             );
             caught.insert(id.to_owned());
         }

@@ -239,6 +239,11 @@ async fn drive(
     let start = speaker
         .call_within(msg(manager_message::Msg::Start(start)), start_timeout)
         .await;
+    if is(ManagerFault::CloseOnEarlyUpdate) {
+        // Frames read before the StartResponse are already queued for the
+        // read loop; give it time to see them as "early".
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     started.store(true, Ordering::SeqCst);
     let start = match start {
         Ok(start) => start,
