@@ -565,26 +565,12 @@ impl<S: Side> Run<'_, S> {
                 Ok(line)
             }
             Some(Incoming::Eof) => {
-                self.closed = true;
-                record(
-                    &self.log,
-                    self.started,
-                    Direction::Received,
-                    RecordedItem::Eof,
-                );
-                Err(format!(
-                    "{}: the peer closed the stream before sending its header (hung up)",
-                    self.rule()
-                ))
+                let what = self.stream_ended(None);
+                Err(format!("{}: {what} before sending its header", self.rule()))
             }
             Some(Incoming::Error(err)) => {
-                record(
-                    &self.log,
-                    self.started,
-                    Direction::Received,
-                    RecordedItem::Error(err.clone()),
-                );
-                Err(format!("{}: {err}", self.rule()))
+                let what = self.stream_ended(Some(err));
+                Err(format!("{}: {what}", self.rule()))
             }
             Some(Incoming::Frame(_)) => Err("a frame before the header".into()),
             None => Err(format!(
@@ -634,7 +620,17 @@ impl<S: Side> Run<'_, S> {
                 }
                 Ok(Some(msg))
             }
-            Some(Incoming::Eof) => {
+            Some(Incoming::Eof) => Err(self.stream_ended(None)),
+            Some(Incoming::Error(err)) => Err(self.stream_ended(Some(err))),
+            Some(Incoming::Header(_)) => Err("a second header line".into()),
+        }
+    }
+
+    /// Records the end of the peer's stream (EOF, or a receive error) and
+    /// says what happened.
+    fn stream_ended(&mut self, error: Option<String>) -> String {
+        match error {
+            None => {
                 self.closed = true;
                 record(
                     &self.log,
@@ -642,18 +638,18 @@ impl<S: Side> Run<'_, S> {
                     Direction::Received,
                     RecordedItem::Eof,
                 );
-                Err("the peer closed the stream (hung up)".into())
+                "the peer closed the stream (hung up)".into()
             }
-            Some(Incoming::Error(err)) => {
+            Some(err) => {
+                let text = format!("receive error: {err}");
                 record(
                     &self.log,
                     self.started,
                     Direction::Received,
-                    RecordedItem::Error(err.clone()),
+                    RecordedItem::Error(err),
                 );
-                Err(format!("receive error: {err}"))
+                text
             }
-            Some(Incoming::Header(_)) => Err("a second header line".into()),
         }
     }
 
