@@ -30,6 +30,7 @@ fn scenario(agents: u128) -> Scenario {
                     id: Uuid::from_u128((1 << 64) + a),
                     name: format!("agent-{a}"),
                     node: None,
+                    external_node: None,
                 })
                 .collect(),
         })
@@ -56,6 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listen: "127.0.0.1:0".parse()?,
         token: "scale-token".into(),
         scenario: scenario(agents),
+        ..MockConfig::default()
     })
     .await?;
     let bin = std::env::var("CODERVPN_BIN").unwrap_or_else(|_| "target/release/codervpn".into());

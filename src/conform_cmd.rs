@@ -20,6 +20,7 @@ use codervpn_conformance::report::{self, Outcome};
 use codervpn_conformance::runner::{self, CaseResult, Grade, Options};
 use codervpn_conformance::target::{Launch, LaunchError};
 use codervpn_conformance::transcript::{Tier, Transcript};
+use codervpn_conformance::tun::Framing;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, Args)]
@@ -72,6 +73,18 @@ pub struct ConformArgs {
     /// Bound on each case, overriding the case's own.
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Packet framing on the tunnel's tun descriptor (dataplane tier):
+    /// `raw` IP packets, or `utun`, the macOS 4-byte address family before
+    /// each packet (protocol.md §9.5). The built-in tunnel is started with
+    /// the same framing.
+    #[arg(long, value_enum, default_value = "raw")]
+    tun_framing: FramingArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FramingArg {
+    Raw,
+    Utun,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -121,7 +134,11 @@ pub fn run(args: ConformArgs) -> ExitCode {
         (Some(cmd), None) => Some(Launch::Fds(cmd.clone())),
         (None, Some(cmd)) => Some(Launch::Stdio(cmd.clone())),
         _ if builtin => Some(Launch::Fds(format!(
-            "{quoted} tunnel --log-level warn --rpc-read-fd {{rpc_read_fd}} --rpc-write-fd {{rpc_write_fd}}"
+            "{quoted} tunnel --log-level warn --rpc-read-fd {{rpc_read_fd}} --rpc-write-fd {{rpc_write_fd}}{}",
+            match args.tun_framing {
+                FramingArg::Raw => "",
+                FramingArg::Utun => " --tun-framing utun",
+            }
         ))),
         _ => None,
     };
@@ -162,6 +179,10 @@ pub fn run(args: ConformArgs) -> ExitCode {
         timeout_ms: args.timeout_ms,
         builtin,
         manager,
+        tun_framing: match args.tun_framing {
+            FramingArg::Raw => Framing::Raw,
+            FramingArg::Utun => Framing::Utun,
+        },
     };
     let cases = match catalogue::all() {
         Ok(cases) => cases,
@@ -337,6 +358,14 @@ mod tests {
         assert_eq!(cli.args.format, Format::Junit);
         assert_eq!(cli.args.expect_fail, Some(PathBuf::from("known.txt")));
         assert_eq!(cli.args.jobs, 4);
+        assert_eq!(cli.args.tun_framing, FramingArg::Raw);
+        let utun =
+            Cli::try_parse_from(["conform", "--tun-framing", "utun"]).map_err(|e| e.to_string());
+        assert!(
+            matches!(utun, Ok(ref c) if c.args.tun_framing == FramingArg::Utun),
+            "{utun:?}"
+        );
+        assert!(Cli::try_parse_from(["conform", "--tun-framing", "ethernet"]).is_err());
         assert!(Cli::try_parse_from(["conform", "--jobs", "0"]).is_err());
         assert!(
             Cli::try_parse_from(["conform", "--tunnel-cmd", "a", "--tunnel-stdio-cmd", "b"])

@@ -6,9 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use std::sync::Arc;
+
 use codervpn_conformance::mock_manager::{self, Lifecycle, ManagerFault};
 use codervpn_conformance::mock_tunnel;
+use codervpn_conformance::os_tun::OsTun;
 use codervpn_conformance::target::Launch;
+use tokio_util::sync::CancellationToken;
 
 /// What a manager under test launches for a manager-side case.
 #[derive(Debug, Args)]
@@ -50,6 +54,15 @@ pub struct MockManagerArgs {
     /// Pause between StartResponse and Stop.
     #[arg(long, default_value_t = 200)]
     hold_ms: u64,
+    /// Pause between StartResponse and Stop in seconds (overrides
+    /// --hold-ms). SIGINT or SIGTERM ends the pause early; Stop follows.
+    #[arg(long, value_name = "N")]
+    hold_secs: Option<u64>,
+    /// Create the TUN device NAME (Linux, needs CAP_NET_ADMIN), give it to
+    /// the tunnel as its packet descriptor (fd 5, `tunnel_file_descriptor`)
+    /// and apply its NetworkSettingsRequests to it with `ip`.
+    #[arg(long, value_name = "NAME")]
+    tun_device: Option<String>,
     /// Bound on every reply from the tunnel (§6.2 item 4, §7.2 item 4).
     #[arg(long, default_value_t = 30_000)]
     reply_timeout_ms: u64,
@@ -114,18 +127,61 @@ pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
         "{} --rpc-read-fd {{rpc_read_fd}} --rpc-write-fd {{rpc_write_fd}}",
         args.tunnel_cmd
     ));
-    let lifecycle = Lifecycle {
-        coder_url: args.coder_url,
-        api_token: args.api_token,
-        hold: Duration::from_millis(args.hold_ms),
-        reply_timeout: Duration::from_millis(args.reply_timeout_ms),
-        fault,
+    let device = match args.tun_device.as_deref().map(OsTun::create) {
+        None => None,
+        Some(Ok(device)) => Some(Arc::new(device)),
+        Some(Err(err)) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
     };
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(mock_manager::run(&launch, &lifecycle)) {
+    let hold_cancel = CancellationToken::new();
+    let (started, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    let lifecycle = Lifecycle {
+        coder_url: args.coder_url,
+        api_token: args.api_token,
+        hold: args
+            .hold_secs
+            .map_or(Duration::from_millis(args.hold_ms), Duration::from_secs),
+        reply_timeout: Duration::from_millis(args.reply_timeout_ms),
+        fault,
+        device,
+        hold_cancel: hold_cancel.clone(),
+        started: Some(started),
+    };
+    let result = runtime.block_on(async {
+        // A first SIGINT or SIGTERM ends the hold (then Stop, bounded); a
+        // second one gives up on the tunnel and kills it.
+        let (again_tx, again_rx) = tokio::sync::oneshot::channel::<()>();
+        let on_signal = tokio::spawn(async move {
+            let Some(mut signals) = Signals::install() else {
+                return;
+            };
+            signals.next().await;
+            hold_cancel.cancel();
+            signals.next().await;
+            let _ = again_tx.send(());
+        });
+        // The readiness line: a test waits for it before sending traffic.
+        let announce = tokio::spawn(async move {
+            while let Some(line) = started_rx.recv().await {
+                out!("started: {line}holding");
+            }
+        });
+        let result = tokio::select! {
+            result = mock_manager::run(&launch, &lifecycle) => result,
+            Ok(()) = again_rx => Err("interrupted again while stopping; the tunnel was killed".into()),
+        };
+        on_signal.abort();
+        drop(lifecycle);
+        let _ = announce.await;
+        result
+    });
+    match result {
         Ok(summary) => {
             out!("{summary}");
             ExitCode::SUCCESS
@@ -133,6 +189,30 @@ pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, installed once so that none is missed between two
+/// waits. Without them (installation failed) the hold just runs its time.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

@@ -72,6 +72,7 @@ fn run_one(case: Transcript, target: &TunnelTarget) -> Result<CaseResult, String
         timeout_ms: None,
         builtin: false,
         manager: None,
+        tun_framing: Default::default(),
     };
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use codervpn_codec::VersionList;
 use codervpn_reference_tunnel::control::session::SessionConfig;
+use codervpn_reference_tunnel::dataplane::{DataplaneConfig, Framing};
 use codervpn_reference_tunnel::logs::manager_logs;
 use codervpn_reference_tunnel::{Ending, TunnelConfig, fd, serve};
 use tracing_subscriber::Layer as _;
@@ -33,9 +34,17 @@ pub struct TunnelArgs {
     /// Close the stream when no complete header came in this time (§3.8).
     #[arg(long, default_value_t = 10_000)]
     handshake_timeout_ms: u64,
-    /// MTU announced to the manager.
-    #[arg(long, default_value_t = 1280)]
+    /// MTU announced to the manager; longer packets from the tun device
+    /// get ICMPv6 Packet Too Big.
+    #[arg(long, default_value_t = 1280, value_parser = clap::value_parser!(u32).range(1280..=65535))]
     mtu: u32,
+    /// Packet framing on the tun descriptor: raw IP, or macOS utun's
+    /// 4-byte address-family header (§9.5).
+    #[arg(long, default_value = "raw")]
+    tun_framing: Framing,
+    /// UDP port of the WireGuard socket (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    wg_listen_port: u16,
     /// Do not send NetworkSettingsRequests (an OS-configured tunnel, §6.10 item 3).
     #[arg(long)]
     no_network_settings: bool,
@@ -49,7 +58,10 @@ pub struct TunnelArgs {
 
 pub fn run(args: TunnelArgs) -> ExitCode {
     let (layer, queue) = manager_logs(args.manager_log_level);
+    // Colour only for a person at a terminal: launchers capture stderr
+    // into logs and reports, where escape codes are noise.
     let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_filter(tracing_subscriber::filter::LevelFilter::from_level(
             args.log_level,
@@ -87,7 +99,11 @@ pub fn run(args: TunnelArgs) -> ExitCode {
         session: SessionConfig {
             update_interval: Duration::from_millis(args.update_interval_ms.max(1)),
             network_settings_timeout: Duration::from_millis(args.network_settings_timeout_ms),
-            mtu: args.mtu,
+            dataplane: DataplaneConfig {
+                framing: args.tun_framing,
+                listen_port: args.wg_listen_port,
+                mtu: args.mtu,
+            },
             send_network_settings: !args.no_network_settings,
         },
     };

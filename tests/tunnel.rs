@@ -183,6 +183,7 @@ async fn mock(scenario: Scenario) -> MockCoder {
         listen: "127.0.0.1:0".parse().unwrap(),
         token: TOKEN.into(),
         scenario,
+        ..MockConfig::default()
     })
     .await
     .unwrap()
@@ -472,7 +473,10 @@ async fn timeline_diffs_and_reconnect_snapshot_deletions() {
     assert_eq!(update.upserted_agents.len(), 2);
     assert!(update.upserted_agents.iter().all(|a| a.fqdn.len() == 2));
 
-    mock.apply(Action::DeleteAgent { id: new_agent });
+    mock.apply(Action::DeleteAgent {
+        id: new_agent,
+        keep_running: false,
+    });
     let update = tunnel
         .next_update("diff deleting the agent", |u| !u.deleted_agents.is_empty())
         .await;

@@ -4,7 +4,10 @@
 //! codec's speaker: a conformance tool must see exactly what the peer sent
 //! (a frame after StopResponse, a header it should not have sent) and must
 //! be able to send what a well-behaved speaker never would. Every byte in
-//! either direction is recorded.
+//! either direction is recorded, and so is every packet on the tun (the
+//! dataplane tier, [`crate::tun`]): while a case waits for a packet it
+//! keeps handling the stream, and while it waits for a message, packets
+//! queue.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,10 +25,12 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::checks;
 use crate::matcher::Bindings;
+use crate::packet::{self, PacketPattern, pattern};
 use crate::target::Stream;
 use crate::transcript::{
     Answer, Direction, Event, Expectation, Recorded, RecordedItem, Transcript,
 };
+use crate::tun::{TunPacket, TunPort, TunWriter};
 
 /// How a case ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -209,12 +214,14 @@ async fn write_loop(
     }
 }
 
-/// Runs `case` with the harness playing side `S` over `stream`.
+/// Runs `case` with the harness playing side `S` over `stream`; packet
+/// events use `tun`, the harness's end of the tunnel's tun descriptor.
 pub async fn run<S: Side>(
     case: &Transcript,
     stream: Stream,
     mock: Option<&MockCoder>,
     token: &str,
+    tun: Option<TunPort>,
 ) -> Outcome {
     let started = Instant::now();
     let log: Log = Arc::default();
@@ -223,6 +230,16 @@ pub async fn run<S: Side>(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let reading = tokio::spawn(read_loop(reader, in_tx));
     let writing = tokio::spawn(write_loop(writer, out_rx, log.clone(), started));
+    let (tun_writer, packets) = match tun {
+        Some(port) => {
+            let log = log.clone();
+            let (writer, packets) = port.start(Arc::new(move |dir, what| {
+                record(&log, started, dir, what);
+            }));
+            (Some(writer), Some(packets))
+        }
+        None => (None, None),
+    };
     let mut bindings = Bindings::default();
     bindings.set("tun_fd", json!(crate::target::CHILD_TUN_FD));
     match mock {
@@ -247,6 +264,8 @@ pub async fn run<S: Side>(
         mock,
         closed: false,
         step: 0,
+        tun_writer,
+        packets,
         _side: std::marker::PhantomData,
     };
     let limit = Duration::from_millis(case.timeout_ms);
@@ -286,8 +305,23 @@ struct Run<'a, S: Side> {
     closed: bool,
     /// The step being run (1-based), for reports of a stalled case.
     step: usize,
+    /// Writes packets to the tun (dataplane tier).
+    tun_writer: Option<TunWriter>,
+    /// Packets the tunnel wrote, already recorded.
+    packets: Option<mpsc::Receiver<TunPacket>>,
     _side: std::marker::PhantomData<S>,
 }
+
+/// The next thing from either channel while waiting for packets.
+enum Arrival {
+    Message(Value),
+    Packet(TunPacket),
+    Timeout,
+}
+
+/// How long a packet event waits for the tunnel's address to be known
+/// (a tunnel may configure its interface after StartResponse).
+const ADDRESS_WAIT: Duration = Duration::from_secs(5);
 
 /// What a received message is to the harness besides a match candidate.
 enum Background {
@@ -433,6 +467,210 @@ impl<S: Side> Run<'_, S> {
                     .ok_or("this case needs the mock control plane (tier control)")?;
                 mock.apply(action);
                 Ok(())
+            }
+            Event::SendPacket(packet) => self.send_packet(packet).await,
+            Event::ExpectPacket {
+                packet,
+                within_ms,
+                warn_after_ms,
+            } => {
+                let started = Instant::now();
+                self.expect_packet(packet, *within_ms).await?;
+                self.warn_if_late(started, *warn_after_ms, "the packet came");
+                Ok(())
+            }
+            Event::ExpectNoPacket { packet, for_ms } => {
+                self.expect_no_packet(packet, *for_ms).await
+            }
+        }
+    }
+
+    /// Resolves, builds, records and writes one packet.
+    async fn send_packet(&mut self, packet: &packet::Packet) -> Result<(), String> {
+        let writer = self
+            .tun_writer
+            .clone()
+            .ok_or("this case needs the tun descriptor (tier dataplane)")?;
+        let resolved = match pattern::resolve_packet(packet, &self.bindings) {
+            Err(_) if self.bindings.get("tun_address").is_none() => {
+                self.await_tun_address().await?;
+                pattern::resolve_packet(packet, &self.bindings)
+            }
+            other => other,
+        }
+        .map_err(|e| format!("bad packet in the case: {e}"))?;
+        let bytes = packet::build(&resolved).map_err(|e| format!("bad packet in the case: {e}"))?;
+        record(
+            &self.log,
+            self.started,
+            Direction::Sent,
+            RecordedItem::Packet(packet::parse::for_record(&packet::describe(&bytes))),
+        );
+        writer
+            .send(&bytes)
+            .await
+            .map_err(|e| format!("{}: {e}", self.rule()))
+    }
+
+    /// Waits (bounded) for a router NetworkSettingsRequest that binds
+    /// `$tun_address`, handling background traffic meanwhile.
+    async fn await_tun_address(&mut self) -> Result<(), String> {
+        let deadline = TokioInstant::now() + ADDRESS_WAIT;
+        while self.bindings.get("tun_address").is_none() {
+            match self.arrival(deadline).await? {
+                Arrival::Timeout => {
+                    return Err(format!(
+                        "{}: the tunnel sent no router NetworkSettingsRequest with an address \
+                         (ipv6_settings.addrs) within {ADDRESS_WAIT:?}, so $tun_address is unknown",
+                        self.rule()
+                    ));
+                }
+                Arrival::Message(msg) => self.only_background(&msg, "a packet")?,
+                Arrival::Packet(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A message that came while waiting for something else: background
+    /// traffic is handled, anything else fails.
+    fn only_background(&mut self, msg: &Value, waiting_for: &str) -> Result<(), String> {
+        match self.background(msg) {
+            Background::Yes => Ok(()),
+            Background::Answer(id) => {
+                self.answer(id);
+                Ok(())
+            }
+            Background::No => Err(format!(
+                "{}: expected {waiting_for}, got the message {msg}",
+                self.rule()
+            )),
+        }
+    }
+
+    /// The pattern with bindings applied (waiting for `$tun_address` if it
+    /// needs it and it is not known yet).
+    async fn packet_pattern(&mut self, wanted: &PacketPattern) -> Result<Value, String> {
+        let value = pattern::resolve_pattern(wanted, &self.bindings)
+            .map_err(|e| format!("bad packet pattern in the case: {e}"))?;
+        if self.bindings.get("tun_address").is_none()
+            && value.to_string().contains("\"$tun_address\"")
+        {
+            self.await_tun_address().await?;
+            return pattern::resolve_pattern(wanted, &self.bindings)
+                .map_err(|e| format!("bad packet pattern in the case: {e}"));
+        }
+        Ok(value)
+    }
+
+    /// A packet from the tunnel that is broken in itself (a bad checksum,
+    /// bad framing, not IP) fails the case whatever is being waited for.
+    fn check_packet(&self, packet: &TunPacket) -> Result<(), String> {
+        match packet.description.get("error").and_then(Value::as_str) {
+            Some(error) => Err(format!(
+                "protocol.md §9.5: the tunnel wrote a malformed packet ({error}): {}",
+                packet::summary(&packet.description)
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads packets until one matches; others are skipped (listed in the
+    /// failure if none does).
+    async fn expect_packet(
+        &mut self,
+        wanted: &PacketPattern,
+        within_ms: u64,
+    ) -> Result<(), String> {
+        let deadline = TokioInstant::now() + Duration::from_millis(within_ms);
+        let pattern = self.packet_pattern(wanted).await?;
+        let words = pattern::words(&pattern);
+        let mut others: Vec<String> = Vec::new();
+        loop {
+            match self.arrival(deadline).await? {
+                Arrival::Timeout => {
+                    let got = match others.len() {
+                        0 => "got no packet".to_owned(),
+                        n => format!(
+                            "got {n} other packet{}: {}",
+                            if n == 1 { "" } else { "s" },
+                            others.join("; ")
+                        ),
+                    };
+                    return Err(format!(
+                        "{}: expected {words} within {within_ms} ms; {got}",
+                        self.rule()
+                    ));
+                }
+                Arrival::Message(msg) => self.only_background(&msg, &words)?,
+                Arrival::Packet(packet) => {
+                    self.check_packet(&packet)?;
+                    if self.bindings.matches(&pattern, &packet.description).is_ok() {
+                        return Ok(());
+                    }
+                    if others.len() < 10 {
+                        others.push(packet::summary(&packet.description));
+                    } else if others.len() == 10 {
+                        others.push("...".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fails if a matching packet arrives within `for_ms`.
+    async fn expect_no_packet(
+        &mut self,
+        unwanted: &PacketPattern,
+        for_ms: u64,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let deadline = TokioInstant::now() + Duration::from_millis(for_ms);
+        let pattern = self.packet_pattern(unwanted).await?;
+        loop {
+            match self.arrival(deadline).await? {
+                Arrival::Timeout => return Ok(()),
+                Arrival::Message(msg) => self.only_background(&msg, "no packet")?,
+                Arrival::Packet(packet) => {
+                    self.check_packet(&packet)?;
+                    if self
+                        .bindings
+                        .clone()
+                        .matches(&pattern, &packet.description)
+                        .is_ok()
+                    {
+                        return Err(format!(
+                            "{}: expected no packet matching {pattern} for {for_ms} ms, got {} after {} ms",
+                            self.rule(),
+                            packet::summary(&packet.description),
+                            started.elapsed().as_millis()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next message (recorded, checked) or packet, or the deadline.
+    async fn arrival(&mut self, deadline: TokioInstant) -> Result<Arrival, String> {
+        if self.closed {
+            return Err("the peer had already closed the stream".into());
+        }
+        let Some(packets) = self.packets.as_mut() else {
+            return Err("this case needs the tun descriptor (tier dataplane)".into());
+        };
+        let next = tokio::select! {
+            incoming = self.incoming.recv() => Ok(incoming),
+            packet = packets.recv() => Err(packet),
+            () = tokio::time::sleep_until(deadline) => return Ok(Arrival::Timeout),
+        };
+        match next {
+            Ok(Some(incoming)) => self.take_message(incoming).map(Arrival::Message),
+            Ok(None) => Err("the peer's stream ended".into()),
+            Err(Some(packet)) => Ok(Arrival::Packet(packet)),
+            Err(None) => {
+                self.packets = None;
+                Err("reading the tun descriptor failed (see the recording)".into())
             }
         }
     }
@@ -588,7 +826,15 @@ impl<S: Side> Run<'_, S> {
         }
         match self.next(deadline).await {
             None => Ok(None),
-            Some(Incoming::Frame(frame)) => {
+            Some(incoming) => self.take_message(incoming).map(Some),
+        }
+    }
+
+    /// Records and checks what arrived on the stream: a message, or `Err`
+    /// for the end of the stream or anything unexpected.
+    fn take_message(&mut self, incoming: Incoming) -> Result<Value, String> {
+        match incoming {
+            Incoming::Frame(frame) => {
                 if frame.is_empty() {
                     record(
                         &self.log,
@@ -618,11 +864,18 @@ impl<S: Side> Run<'_, S> {
                     checks::peer_update(update, is_reply)
                         .map_err(|e| format!("protocol.md §6.7: {e}"))?;
                 }
-                Ok(Some(msg))
+                // The tunnel's own /128 (§6.10 router kind) for packets.
+                if let Some(addr) = msg
+                    .pointer("/networkSettings/ipv6Settings/addrs/0")
+                    .filter(|a| a.is_string())
+                {
+                    self.bindings.set("tun_address", addr.clone());
+                }
+                Ok(msg)
             }
-            Some(Incoming::Eof) => Err(self.stream_ended(None)),
-            Some(Incoming::Error(err)) => Err(self.stream_ended(Some(err))),
-            Some(Incoming::Header(_)) => Err("a second header line".into()),
+            Incoming::Eof => Err(self.stream_ended(None)),
+            Incoming::Error(err) => Err(self.stream_ended(Some(err))),
+            Incoming::Header(_) => Err("a second header line".into()),
         }
     }
 
@@ -801,5 +1054,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::Sleep { .. } => "sleep",
         Event::CloseWrite => "close_write",
         Event::Control(_) => "control",
+        Event::SendPacket(_) => "send_packet",
+        Event::ExpectPacket { .. } => "expect_packet",
+        Event::ExpectNoPacket { .. } => "expect_no_packet",
     }
 }

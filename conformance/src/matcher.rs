@@ -1,11 +1,15 @@
 //! Partial matching of received messages against transcript patterns, and
 //! symbolic RPC ids (`"$start"`).
 //!
-//! Patterns are proto3 JSON with three additions: `"$name"` is a symbolic
+//! Patterns are proto3 JSON with these additions: `"$name"` is a symbolic
 //! value (a bound id, or bound now to whatever is there), `"$any"` is any
-//! present value, and `null` means "absent". Keys the pattern leaves out are
-//! not checked; a pattern value equal to the proto3 default also matches a
-//! field left out on the wire (defaults are not transmitted, §1.5).
+//! present value, and `null` means "absent"; `"$prefix:…"`, `"$contains:…"`
+//! and `"$not:…"` test text; `{"$includes": [p, …]}` matches a list that has,
+//! in any order, a distinct item for each pattern (lists whose order the
+//! spec leaves open, such as the agents of a PeerUpdate, §6.7). Keys the
+//! pattern leaves out are not checked; a pattern value equal to the proto3
+//! default also matches a field left out on the wire (defaults are not
+//! transmitted, §1.5).
 
 use std::collections::BTreeMap;
 
@@ -40,6 +44,11 @@ impl Bindings {
     /// Binds a name to a value (e.g. `coder_url`).
     pub fn set(&mut self, name: &str, value: Value) {
         self.values.insert(name.to_owned(), value);
+    }
+
+    /// The value bound to `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.values.get(name)
     }
 
     /// Replaces every `"$name"` in a message to send: known names by their
@@ -98,13 +107,18 @@ impl Bindings {
             }
             (Value::String(s), None) if s == "$any" => fail("any value".into()),
             (Value::String(s), actual)
-                if s.starts_with("$prefix:") || s.starts_with("$contains:") =>
+                if s.starts_with("$prefix:")
+                    || s.starts_with("$contains:")
+                    || s.starts_with("$not:") =>
             {
                 let (kind, text) = s[1..].split_once(':').unwrap_or_default();
-                let found = actual.and_then(Value::as_str).unwrap_or_default();
+                let found = actual.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+                let found = found.as_deref();
                 let ok = match kind {
-                    "prefix" => found.starts_with(text),
-                    _ => found.contains(text),
+                    "prefix" => found.unwrap_or_default().starts_with(text),
+                    "contains" => found.unwrap_or_default().contains(text),
+                    // Present, and not this text.
+                    _ => found.is_some_and(|f| f != text),
                 };
                 if ok {
                     Ok(())
@@ -122,6 +136,25 @@ impl Bindings {
                         Ok(())
                     }
                     (None, None) => fail(format!("a value for ${name}")),
+                }
+            }
+            (Value::Object(fields), actual)
+                if fields.len() == 1 && fields.contains_key("$includes") =>
+            {
+                let wanted = match fields.get("$includes") {
+                    Some(Value::Array(wanted)) => wanted.as_slice(),
+                    _ => return fail("a list after $includes".into()),
+                };
+                let items = match actual {
+                    Some(Value::Array(items)) => items.as_slice(),
+                    None => &[],
+                    Some(_) => return fail(format!("a list including {pattern}")),
+                };
+                let mut used = vec![false; items.len()];
+                if self.includes(path, wanted, items, &mut used) {
+                    Ok(())
+                } else {
+                    fail(format!("a list including, in any order, {pattern}"))
                 }
             }
             (pattern, None) if is_default(pattern) => Ok(()),
@@ -145,6 +178,42 @@ impl Bindings {
             (pattern, Some(actual)) if same_scalar(pattern, actual) => Ok(()),
             (pattern, Some(_)) => fail(pattern.to_string()),
         }
+    }
+}
+
+impl Bindings {
+    /// Whether each of `wanted` matches a distinct unused item of `items`,
+    /// trying every assignment (lists are short); bindings made by the
+    /// successful assignment are kept.
+    fn includes(
+        &mut self,
+        path: &str,
+        wanted: &[Value],
+        items: &[Value],
+        used: &mut [bool],
+    ) -> bool {
+        let Some((first, rest)) = wanted.split_first() else {
+            return true;
+        };
+        for (i, item) in items.iter().enumerate() {
+            if used[i] {
+                continue;
+            }
+            let mut trial = self.clone();
+            if trial
+                .match_at(&format!("{path}[{i}]"), first, Some(item))
+                .is_err()
+            {
+                continue;
+            }
+            used[i] = true;
+            if trial.includes(path, rest, items, used) {
+                *self = trial;
+                return true;
+            }
+            used[i] = false;
+        }
+        false
     }
 }
 
@@ -214,6 +283,57 @@ mod tests {
             b.matches(&json!({"rpc": {"responseTo": "$start"}}), &reply)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn includes_matches_items_in_any_order_and_binds() {
+        let mut b = Bindings::default();
+        let update = json!({"upsertedAgents": [
+            {"name": "agnt", "fqdn": ["wrk.coder.", "agnt.wrk.me.coder."], "ipAddrs": ["fd60::1"]},
+            {"name": "main", "fqdn": ["main.dev.me.coder."], "ipAddrs": ["fd60::2"]},
+            {"name": "agnt", "fqdn": ["agnt.old.me.coder."], "ipAddrs": ["fd60::3"]},
+        ]});
+        let pattern = json!({"upsertedAgents": {"$includes": [
+            {"name": "main", "ipAddrs": ["$main"]},
+            {"fqdn": {"$includes": ["agnt.wrk.me.coder."]}, "ipAddrs": ["$agnt"]},
+        ]}});
+        b.matches(&pattern, &update).unwrap();
+        assert_eq!(b.get("main"), Some(&json!("fd60::2")));
+        assert_eq!(b.get("agnt"), Some(&json!("fd60::1")));
+        // Each pattern takes a distinct item; a later item can satisfy a
+        // pattern an earlier, wrongly chosen one also fit.
+        let mut b = Bindings::default();
+        let two = json!({"a": {"$includes": [{"name": "agnt"}, {"name": "agnt", "ipAddrs": ["fd60::1"]}]}});
+        b.matches(&two, &json!({"a": update["upsertedAgents"]}))
+            .unwrap();
+        let three =
+            json!({"a": {"$includes": [{"name": "agnt"}, {"name": "agnt"}, {"name": "agnt"}]}});
+        assert!(
+            b.matches(&three, &json!({"a": update["upsertedAgents"]}))
+                .is_err()
+        );
+        // Absent is an empty list; anything but a list fails.
+        assert!(
+            b.matches(&json!({"x": {"$includes": []}}), &json!({}))
+                .is_ok()
+        );
+        assert!(
+            b.matches(&json!({"x": {"$includes": [1]}}), &json!({}))
+                .is_err()
+        );
+        assert!(
+            b.matches(&json!({"x": {"$includes": [1]}}), &json!({"x": 1}))
+                .is_err()
+        );
+        // $not: present and different.
+        let ts = json!({"lastHandshake": "0001-01-01T00:00:00Z", "n": 5});
+        assert!(
+            b.matches(&json!({"lastHandshake": "$not:0001-01-01T00:00:00Z"}), &ts)
+                .is_err()
+        );
+        assert!(b.matches(&json!({"n": "$not:4"}), &ts).is_ok());
+        assert!(b.matches(&json!({"n": "$not:5"}), &ts).is_err());
+        assert!(b.matches(&json!({"m": "$not:5"}), &ts).is_err());
     }
 
     #[test]

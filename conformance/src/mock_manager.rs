@@ -6,6 +6,12 @@
 //! against, and a handy driver for tunnels. On request it breaks one [M]
 //! rule ([`ManagerFault`]), so that each manager-side case can be shown to
 //! fail against a manager that breaks its rule.
+//!
+//! With a [`OsTun`] it is a manager with a real interface (§9.5): the
+//! tunnel inherits the TUN device as its packet descriptor, each
+//! NetworkSettingsRequest is applied to the interface and answered with
+//! the outcome (§6.11), and the hold can be ended early (a signal) so that
+//! traffic can run through the tunnel for as long as a test needs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +25,10 @@ use codervpn_proto::{
     StopRequest, manager_message, tunnel_message,
 };
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 
-use crate::target::Launch;
+use crate::os_tun::OsTun;
+use crate::target::{CHILD_TUN_FD, Launch};
 
 /// One broken manager rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,12 +98,25 @@ pub struct Lifecycle {
     pub reply_timeout: Duration,
     /// The rule to break, if any.
     pub fault: Option<ManagerFault>,
+    /// A real interface for the tunnel (None: the datagram stand-in, and
+    /// `tunnel_file_descriptor` 0 in Start).
+    pub device: Option<Arc<OsTun>>,
+    /// Ends the hold early; Stop follows as usual.
+    pub hold_cancel: CancellationToken,
+    /// Told once Start succeeded and the hold begins (a readiness line).
+    pub started: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// Runs the lifecycle against the tunnel `launch` starts. The tunnel is
 /// terminated afterwards in every case (§2.2 item 6).
 pub async fn run(launch: &Launch, lifecycle: &Lifecycle) -> Result<String, String> {
-    let (running, (reader, writer)) = launch.spawn(&[]).map_err(|e| e.to_string())?;
+    let device = match &lifecycle.device {
+        Some(device) => Some(device.child_fd().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let (running, (reader, writer)) = launch
+        .spawn_with_device(&[], device)
+        .map_err(|e| e.to_string())?;
     let result = drive(reader, writer, lifecycle).await;
     // §2.2 item 6: the manager ends the daemon; it gets a moment first.
     running.finish_within(Duration::from_secs(2)).await;
@@ -158,6 +179,7 @@ async fn drive(
     // The read loop runs before Start is sent (§6.4 item 1).
     let answer = speaker.clone();
     let start_seen = started.clone();
+    let device = lifecycle.device.clone();
     let reader = tokio::spawn(async move {
         let mut updates = 0usize;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -195,15 +217,19 @@ async fn drive(
             }
             match inbound {
                 Inbound::Request { id, msg: request } => {
-                    if let Some(tunnel_message::Msg::NetworkSettings(_)) = request.msg
+                    if let Some(tunnel_message::Msg::NetworkSettings(settings)) = request.msg
                         && fault != Some(ManagerFault::IgnoreNetworkSettings)
                     {
-                        let ok = NetworkSettingsResponse {
-                            success: true,
-                            error_message: String::new(),
+                        let outcome = match &device {
+                            Some(device) => device.apply(&settings).await,
+                            None => Ok(()),
+                        };
+                        let reply = NetworkSettingsResponse {
+                            success: outcome.is_ok(),
+                            error_message: outcome.err().unwrap_or_default(),
                         };
                         let _ = answer
-                            .reply(id, msg(manager_message::Msg::NetworkSettings(ok)))
+                            .reply(id, msg(manager_message::Msg::NetworkSettings(reply)))
                             .await;
                     }
                 }
@@ -221,6 +247,11 @@ async fn drive(
         api_token: lifecycle.api_token.clone(),
         device_os: "Linux".into(),
         coder_desktop_version: env!("CARGO_PKG_VERSION").into(),
+        tunnel_file_descriptor: if lifecycle.device.is_some() {
+            CHILD_TUN_FD
+        } else {
+            0
+        },
         ..StartRequest::default()
     };
     if is(ManagerFault::FirstIdFive) {
@@ -273,7 +304,20 @@ async fn drive(
                 update.upserted_agents.len()
             );
         }
-        tokio::time::sleep(lifecycle.hold).await;
+        if let Some(device) = &lifecycle.device {
+            summary += &format!(
+                "{} network settings applied to {}; ",
+                device.applied().await,
+                device.name()
+            );
+        }
+        if let Some(started) = &lifecycle.started {
+            let _ = started.send(summary.clone());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(lifecycle.hold) => {}
+            () = lifecycle.hold_cancel.cancelled() => {}
+        }
     } else {
         summary += &format!("Start failed: {}; ", started.error_message);
         if is(ManagerFault::NoStopAfterFailedStart) {

@@ -33,7 +33,7 @@ pub async fn run(
         None => codervpn_reference_tunnel::fd::stdio(),
     }
     .map_err(|e| e.to_string())?;
-    let outcome = engine::run::<Tunnel>(&case, stream, None, "").await;
+    let outcome = engine::run::<Tunnel>(&case, stream, None, "", None).await;
     let passed = !matches!(outcome.verdict, Verdict::Fail(_));
     send(report, &outcome).await?;
     Ok(passed)

@@ -8,7 +8,9 @@
 //! traffic (Log messages, unsolicited PeerUpdates, NetworkSettings requests
 //! and the harness's answers to them) is left to the engine's usual
 //! handling. Pauses longer than 100 ms are kept (up to 2 s each), so
-//! timer-driven behaviour has the same room.
+//! timer-driven behaviour has the same room. Packets on the tun are not
+//! replayed: their addresses (the tunnel's own above all) change from run
+//! to run, so a dataplane case is rerun from its script instead.
 
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use codervpn_codec::Manager;
-use codervpn_mock_coder::{MockCoder, MockConfig, Scenario};
+use codervpn_mock_coder::{AgentStats, MockCoder, MockConfig, Scenario};
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -13,6 +13,7 @@ use crate::engine::{self, Verdict};
 use crate::manager_side::ManagerLaunch;
 use crate::target::{Launch, LaunchError};
 use crate::transcript::{Level, Target, Tier, Transcript};
+use crate::tun::{Framing, TunPort};
 
 /// The token the mock control plane accepts in suite runs.
 pub const SUITE_TOKEN: &str = "codervpn-conformance-token";
@@ -35,6 +36,8 @@ pub struct Options {
     pub builtin: bool,
     /// The manager under test, for manager-side cases.
     pub manager: Option<ManagerLaunch>,
+    /// How packets are framed on the tunnel's tun descriptor (§9.5).
+    pub tun_framing: Framing,
 }
 
 /// The grade of one case.
@@ -146,6 +149,7 @@ async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
             listen: ([127, 0, 0, 1], 0).into(),
             token: SUITE_TOKEN.into(),
             scenario: Scenario::demo(),
+            ..MockConfig::default()
         };
         match MockCoder::start(config).await {
             Ok(mock) => Some(mock),
@@ -178,9 +182,35 @@ async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
         Ok(spawned) => spawned,
         Err(err) => return result(Grade::Error, err.to_string(), case.clone(), String::new()),
     };
-    let outcome = engine::run::<Manager>(&case, stream, mock.as_ref(), SUITE_TOKEN).await;
-    let stderr = running.stderr();
+    let tun = match running
+        .tun
+        .try_clone()
+        .and_then(|socket| TunPort::new(socket, options.tun_framing))
+    {
+        Ok(tun) => tun,
+        Err(err) => {
+            let _ = running.finish().await;
+            return result(
+                Grade::Error,
+                format!("cannot use the tun socket pair: {err}"),
+                case.clone(),
+                String::new(),
+            );
+        }
+    };
+    let outcome =
+        engine::run::<Manager>(&case, stream, mock.as_ref(), SUITE_TOKEN, Some(tun)).await;
+    let stderr = plain_text(&running.stderr());
     let status = running.finish().await;
+    // A dataplane case that did not pass: what each mock agent saw says
+    // why a packet got no answer (no handshake, an unknown key, a bad
+    // inner source, ...).
+    let agents = match (&outcome.verdict, &mock) {
+        (Verdict::Fail(_) | Verdict::Warn(_), Some(mock)) if case.tier == Tier::Dataplane => {
+            agent_summary(&mock.agent_stats())
+        }
+        _ => String::new(),
+    };
     if let Some(mock) = mock {
         let _ = tokio::time::timeout(Duration::from_secs(3), mock.shutdown()).await;
     }
@@ -191,7 +221,7 @@ async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
         .filter(|s| !s.success())
         .map(|s| format!(" (the process crashed: {s})"))
         .unwrap_or_default();
-    let (grade, message) = grade(&case, options, outcome.verdict, &died);
+    let (grade, message) = grade(&case, options, outcome.verdict, &format!("{died}{agents}"));
     let stderr = if grade == Grade::Pass {
         String::new()
     } else {
@@ -200,12 +230,71 @@ async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
     result(grade, message, transcript, stderr)
 }
 
+/// `text` without terminal escape sequences (colour codes a logger writes
+/// even to a pipe) or other control characters but newline and tab: the
+/// reports show it on a terminal, in JSON, and in JUnit XML, where such
+/// characters are not even allowed.
+pub fn plain_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ parameters… final byte (@ to ~); else ESC and
+                // the one character after it.
+                if chars.next_if_eq(&'[').is_some() {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One line per mock agent: handshakes, packets, and drops by reason.
+fn agent_summary(stats: &[AgentStats]) -> String {
+    let mut out = String::new();
+    for agent in stats {
+        let drops = serde_json::to_value(agent.dropped)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect::<Vec<_>>();
+        out.push_str(&format!(
+            "; mock agent {} ({}): {} handshakes, {} packets in, {} out{}",
+            agent.name,
+            agent.address,
+            agent.handshakes,
+            agent.rx_packets,
+            agent.tx_packets,
+            if drops.is_empty() {
+                String::new()
+            } else {
+                format!(", dropped: {}", drops.join(", "))
+            }
+        ));
+    }
+    out
+}
+
 /// §1.4: a broken MUST fails; a broken SHOULD or hazard rule warns, and
 /// fails only in a strict run.
 fn grade(case: &Transcript, options: &Options, verdict: Verdict, note: &str) -> (Grade, String) {
     match verdict {
         Verdict::Pass => (Grade::Pass, String::new()),
-        Verdict::Warn(why) => (Grade::Warn, why),
+        Verdict::Warn(why) => (Grade::Warn, format!("{why}{note}")),
         Verdict::Fail(why) => {
             let grade = match case.level {
                 Level::Must => Grade::Fail,
@@ -214,5 +303,20 @@ fn grade(case: &Transcript, options: &Options, verdict: Verdict, note: &str) -> 
             };
             (grade, format!("{why}{note}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_text;
+
+    #[test]
+    fn stderr_loses_colour_codes_and_control_characters() {
+        assert_eq!(
+            plain_text("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x\r\n\tok\u{7}\u{1b}c"),
+            "2026  WARN x\n\tok"
+        );
+        assert_eq!(plain_text("plain ü\n"), "plain ü\n");
+        assert_eq!(plain_text("\u{1b}["), "");
     }
 }

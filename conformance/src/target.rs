@@ -98,6 +98,18 @@ impl Launch {
 
     /// Starts the implementation, with `extra` words appended.
     pub fn spawn(&self, extra: &[String]) -> Result<(Running, Stream), LaunchError> {
+        self.spawn_with_device(extra, None)
+    }
+
+    /// Like [`Launch::spawn`], but when `device` is given (a real TUN
+    /// descriptor, see [`crate::os_tun`]) the child inherits it at
+    /// [`CHILD_TUN_FD`] instead of the datagram stand-in; [`Running::tun`]
+    /// is then a socket whose peer is closed.
+    pub fn spawn_with_device(
+        &self,
+        extra: &[String],
+        device: Option<OwnedFd>,
+    ) -> Result<(Running, Stream), LaunchError> {
         let words = self.words(extra)?;
         let mut command = Command::new(&words[0]);
         command
@@ -114,7 +126,7 @@ impl Launch {
         let (tun, child_tun) =
             std::os::unix::net::UnixDatagram::pair().map_err(LaunchError::Pipe)?;
         let mut mappings = vec![FdMapping {
-            parent_fd: OwnedFd::from(child_tun),
+            parent_fd: device.unwrap_or_else(|| OwnedFd::from(child_tun)),
             child_fd: CHILD_TUN_FD,
         }];
         let (mut child, stream): (Child, Stream) = match self {

@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::packet::{Packet, PacketPattern};
+
 /// Which side the implementation under test plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -157,6 +159,26 @@ pub enum Event {
     /// Change the mock control plane (tier `control`): an action of the
     /// scenario timeline (`docs/scenario.schema.json`).
     Control(Value),
+    /// Write one packet to the tunnel's tun descriptor (tier `dataplane`).
+    SendPacket(Packet),
+    /// Read packets from the tun until one matches `packet`; others are
+    /// recorded and skipped. Messages meanwhile are handled as in `sleep`.
+    ExpectPacket {
+        packet: PacketPattern,
+        #[serde(default = "default_wait")]
+        within_ms: u64,
+        /// Arriving later than this is a warning, not a failure (e.g. a
+        /// first packet that waited for a retried WireGuard handshake).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        warn_after_ms: Option<u64>,
+    },
+    /// Expect no packet matching `packet` (any packet when it is empty) for
+    /// `for_ms`; others are recorded and skipped.
+    ExpectNoPacket {
+        #[serde(default)]
+        packet: PacketPattern,
+        for_ms: u64,
+    },
 }
 
 fn default_wait() -> u64 {
@@ -210,6 +232,8 @@ pub enum RecordedItem {
     Raw(String),
     Eof,
     Error(String),
+    /// A packet on the tun, described (`crate::packet`).
+    Packet(Value),
 }
 
 /// Why a transcript file was refused.

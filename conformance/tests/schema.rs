@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use codervpn_conformance::transcript::{
-    Answer, Direction, Event, Expectation, Level, Recorded, RecordedItem, Target, Tier, Transcript,
+    Answer, Direction, Event, Expectation, Level, Packet, PacketPattern, Recorded, RecordedItem,
+    Target, Tier, Transcript,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -344,7 +345,41 @@ fn every_event() -> Vec<Event> {
         Event::Sleep { ms: 10 },
         Event::CloseWrite,
         Event::Control(json!({"action": "drop_streams", "reconnect_after_ms": 200})),
+        Event::ExpectPacket {
+            packet: serde_json::from_value(json!({
+                "ip": {"version": 6, "src": "$any", "dst": "$tun_address", "protocol": 58, "len": 48, "hop_limit": 64},
+                "echo_request": {"id": 1}, "echo_reply": {"src": "$agnt", "id": 1, "seq": 2, "payload": "x", "payload_hex": "78", "payload_len": 1},
+                "icmpv6": {"type": 2, "code": 0, "mtu": 1280, "src": null, "dst": "$tun_address"},
+                "udp": {"src_port": 7, "dst_port": 40000, "payload": "hi", "payload_hex": "68 69", "payload_len": 2, "src": "$a", "dst": "$b"},
+                "dns": {"src": "$a", "dst": "$b", "id": 1, "response": true, "rcode": "NXDOMAIN", "name": "x.coder.", "qtype": "AAAA", "answers": []},
+                "tcp": {"src": "$a", "dst": "$b", "src_port": 7, "dst_port": 1, "seq": 1, "ack_number": 2, "syn": true, "ack": true, "fin": false, "rst": false, "psh": false, "payload": "", "payload_len": 0},
+                "raw": "60 00"
+            }))
+            .unwrap(),
+            within_ms: 2000,
+            warn_after_ms: Some(1000),
+        },
+        Event::ExpectNoPacket {
+            packet: PacketPattern::default(),
+            for_ms: 500,
+        },
     ];
+    let packets = [
+        json!({"echo_request": {"src": "$tun_address", "dst": "$tailscale:agnt", "id": 1, "seq": 1, "payload": "x", "payload_len": 3}}),
+        json!({"echo_reply": {"src": "::1", "dst": "::2", "payload_hex": "00"}}),
+        json!({"udp": {"src": "::1", "dst": "::2", "src_port": 1, "dst_port": 7, "payload": "x"}}),
+        json!({"dns": {"src": "::1", "dst": "::2", "src_port": 1, "dst_port": 53, "id": 5, "name": "a.b", "qtype": "A"}}),
+        json!({"tcp": {"src": "::1", "dst": "::2", "src_port": 1, "dst_port": 7, "seq": 5, "ack_number": 6, "syn": true, "fin": true, "rst": true, "psh": true, "payload_len": 3}}),
+        json!({"raw": "60 00"}),
+    ];
+    let all: Vec<Event> = all
+        .into_iter()
+        .chain(
+            packets
+                .into_iter()
+                .map(|p| Event::SendPacket(serde_json::from_value::<Packet>(p).unwrap())),
+        )
+        .collect();
     for event in &all {
         match event {
             Event::Handshake { .. }
@@ -359,10 +394,67 @@ fn every_event() -> Vec<Event> {
             | Event::ExpectNothing { .. }
             | Event::Sleep { .. }
             | Event::CloseWrite
-            | Event::Control(_) => {}
+            | Event::Control(_)
+            | Event::SendPacket(_)
+            | Event::ExpectPacket { .. }
+            | Event::ExpectNoPacket { .. } => {}
         }
     }
     all
+}
+
+/// Follows a `$ref` (one level).
+fn deref(root: &Value, schema: &Value) -> Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(reference) => root
+            .pointer(reference.trim_start_matches('#'))
+            .unwrap()
+            .clone(),
+        None => schema.clone(),
+    }
+}
+
+#[test]
+fn packet_kinds_and_fields_equal_the_serde_ones() {
+    let root = schema();
+    // Packets to send: the kinds, then each kind's fields.
+    let branches = root["$defs"]["packet"]["oneOf"].as_array().unwrap();
+    let mut kinds = BTreeSet::new();
+    for branch in branches {
+        let name = strings(&branch["required"]).into_iter().next().unwrap();
+        let payload = deref(&root, &branch["properties"][&name]);
+        if let Some(properties) = payload.get("properties") {
+            let probe = json!({ &name: {"__no_such_field__": 1} });
+            assert_eq!(
+                keys(properties),
+                serde_names::<Packet>(probe),
+                "packet {name}"
+            );
+        }
+        kinds.insert(name);
+    }
+    assert_eq!(
+        kinds,
+        serde_names::<Packet>(json!({"__no_such_kind__": {}}))
+    );
+    // Patterns: the layers, then each layer's fields.
+    let pattern = &root["$defs"]["packet_pattern"];
+    assert_eq!(
+        keys(&pattern["properties"]),
+        serde_names::<PacketPattern>(json!({"__no_such_layer__": {}}))
+    );
+    for (layer, sub) in pattern["properties"].as_object().unwrap() {
+        let sub = deref(&root, sub);
+        let Some(properties) = sub.get("properties") else {
+            continue;
+        };
+        let probe = json!({ layer: {"__no_such_field__": 1} });
+        assert_eq!(
+            keys(properties),
+            serde_names::<PacketPattern>(probe),
+            "pattern {layer}"
+        );
+    }
 }
 
 #[test]
@@ -378,6 +470,7 @@ fn what_serde_writes_the_schema_accepts() {
         RecordedItem::Raw("0a 02".into()),
         RecordedItem::Eof,
         RecordedItem::Error("read failed".into()),
+        RecordedItem::Packet(json!({"echo_reply": {"id": 1}, "raw": "60 00"})),
     ];
     transcript.recorded = items
         .into_iter()

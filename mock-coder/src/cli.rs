@@ -3,7 +3,7 @@
 //! harness can start it with `--listen 127.0.0.1:0` and read the port.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::{MockCoder, MockConfig, MockError, Scenario};
@@ -24,6 +24,10 @@ pub struct MockCoderArgs {
     /// The API token clients must send in Coder-Session-Token.
     #[arg(long, value_name = "TOKEN", default_value = DEFAULT_TOKEN)]
     pub token: String,
+    /// IP address the embedded agents' WireGuard UDP sockets bind to (each
+    /// on a free port); their published endpoints carry it.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub agent_bind: IpAddr,
 }
 
 /// Starts the mock, prints its base URL as the first line of standard
@@ -37,6 +41,7 @@ pub async fn run(args: MockCoderArgs) -> Result<(), MockError> {
         listen: args.listen,
         token: args.token,
         scenario,
+        agent_bind_ip: args.agent_bind,
     })
     .await?;
     {

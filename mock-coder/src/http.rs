@@ -25,6 +25,12 @@ use crate::stream;
 /// The request record as JSON, for harnesses that do not link this crate.
 /// Paths under `/_mock/` are neither recorded nor subject to faults.
 pub const REQUESTS_PATH: &str = "/_mock/requests";
+/// The embedded agents' [`crate::AgentStats`] as JSON (not recorded either).
+pub const AGENTS_PATH: &str = "/_mock/agents";
+/// The nodes tunnels announced on their streams, in order (public keys
+/// and addresses: nothing secret), so that a harness can configure an
+/// external WireGuard peer (e.g. wireguard-go) for the tunnel.
+pub const NODES_PATH: &str = "/_mock/nodes";
 const MOCK_PREFIX: &str = "/_mock/";
 
 /// The body of a `CorruptResponses` answer: served as JSON, but not JSON.
@@ -37,6 +43,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(api::CONNECTION_PATH, get(connection))
         .route(api::STREAM_PATH, get(stream::dial))
         .route(REQUESTS_PATH, get(requests))
+        .route(AGENTS_PATH, get(agents))
+        .route(NODES_PATH, get(nodes))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), observe))
@@ -140,6 +148,14 @@ async fn connection(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Re
 
 async fn requests(State(shared): State<Arc<Shared>>) -> Json<Vec<RecordedRequest>> {
     Json(shared.requests())
+}
+
+async fn agents(State(shared): State<Arc<Shared>>) -> Json<Vec<crate::AgentStats>> {
+    Json(shared.agents.stats())
+}
+
+async fn nodes(State(shared): State<Arc<Shared>>) -> Json<Vec<api::TunnelNode>> {
+    Json(shared.nodes())
 }
 
 async fn not_found(request: Request) -> Response {

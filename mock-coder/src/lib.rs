@@ -13,15 +13,17 @@
 //! * [`record`]: the request record and header redaction.
 //! * `http`, `stream`: the server's endpoints and the coordination stream.
 //! * `timeline`: runs the scenario's steps on the tokio clock.
+//! * [`agents`]: the embedded mock agents, real WireGuard peers behind every
+//!   online agent, answering ping, UDP and TCP echo on its addresses.
 //! * [`cli`]: `codervpn mock-coder`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), codervpn_mock_coder::MockError> {
 //! use codervpn_mock_coder::{Action, MockCoder, MockConfig, Scenario};
 //! let mock = MockCoder::start(MockConfig {
-//!     listen: "127.0.0.1:0".parse().unwrap(),
 //!     token: "secret".into(),
 //!     scenario: Scenario::demo(),
+//!     ..MockConfig::default()
 //! })
 //! .await?;
 //! // point a tunnel at mock.url() ...
@@ -32,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod cli;
 mod error;
 mod faults;
@@ -43,7 +46,7 @@ mod state;
 mod stream;
 mod timeline;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,13 +56,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use agents::responder::SPOOFED_SOURCE;
+pub use agents::stats::{AgentStats, DropCounts, PeerStats};
 pub use error::{MockError, ScenarioError};
-pub use http::REQUESTS_PATH;
+pub use http::{AGENTS_PATH, NODES_PATH, REQUESTS_PATH};
 pub use record::{RecordedRequest, fingerprint};
 pub use scenario::{Action, AgentSpec, Scenario, Step, WorkspaceSpec};
 pub use shared::STREAM_BACKLOG;
 pub use stream::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_RESTART, MAX_CLIENT_MESSAGE, SEND_TIMEOUT};
 
+use agents::Agents;
 use shared::Shared;
 use state::State;
 
@@ -75,6 +81,25 @@ pub struct MockConfig {
     /// The `Coder-Session-Token` value the mock accepts.
     pub token: String,
     pub scenario: Scenario,
+    /// The address embedded agents bind their UDP sockets to (port 0), and
+    /// so the address their published endpoints carry.
+    pub agent_bind_ip: IpAddr,
+}
+
+/// Where embedded agents listen unless told otherwise.
+pub const DEFAULT_AGENT_BIND_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+impl Default for MockConfig {
+    /// `127.0.0.1:0`, the CLI's default token, the demo scenario, agents on
+    /// `127.0.0.1`.
+    fn default() -> MockConfig {
+        MockConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            token: cli::DEFAULT_TOKEN.to_owned(),
+            scenario: Scenario::demo(),
+            agent_bind_ip: DEFAULT_AGENT_BIND_IP,
+        }
+    }
 }
 
 /// A running mock control plane. Dropping it stops it abruptly;
@@ -96,9 +121,19 @@ impl MockCoder {
             listen,
             token,
             scenario,
+            agent_bind_ip,
         } = config;
         scenario.validate()?;
-        let state = State::new(&scenario.workspaces)
+        let agents = Agents::new(agent_bind_ip);
+        let workspaces: Vec<WorkspaceSpec> = scenario
+            .workspaces
+            .iter()
+            .map(|workspace| WorkspaceSpec {
+                agents: workspace.agents.iter().map(|a| agents.publish(a)).collect(),
+                ..workspace.clone()
+            })
+            .collect();
+        let state = State::new(&workspaces)
             .map_err(|err| ScenarioError::Invalid(format!("workspaces: {err}")))?;
         let listener = TcpListener::bind(listen)
             .await
@@ -107,7 +142,7 @@ impl MockCoder {
                 source,
             })?;
         let addr = listener.local_addr()?;
-        let (shared, streams_gone) = Shared::new(token, &scenario, state);
+        let (shared, streams_gone) = Shared::new(token, &scenario, state, agents);
         let shared = Arc::new(shared);
         let start = Instant::now();
 
@@ -150,9 +185,16 @@ impl MockCoder {
         self.shared.dials()
     }
 
-    /// The nodes tunnels sent up on their streams, in order.
+    /// The nodes tunnels sent up on their streams, in order (also served
+    /// as JSON at [`NODES_PATH`]).
     pub fn tunnel_nodes(&self) -> Vec<TunnelNode> {
         self.shared.nodes()
+    }
+
+    /// Every running embedded agent with its counters, by agent id (also
+    /// served as JSON at [`AGENTS_PATH`]).
+    pub fn agent_stats(&self) -> Vec<AgentStats> {
+        self.shared.agents.stats()
     }
 
     /// The current full state, as the next dial's snapshot will carry it.
@@ -166,8 +208,9 @@ impl MockCoder {
         self.shared.apply(&action);
     }
 
-    /// Stops the timeline, closes every stream (close code 1001) and stops
-    /// the server, waiting at most [`SHUTDOWN_GRACE`] for each.
+    /// Stops the timeline, closes every stream (close code 1001), stops the
+    /// server and every embedded agent, waiting at most [`SHUTDOWN_GRACE`]
+    /// for each.
     pub async fn shutdown(mut self) {
         self.shared.begin_shutdown();
         self.timeline.abort();
@@ -181,6 +224,7 @@ impl MockCoder {
             Ok(Err(err)) => tracing::warn!(%err, "mock server task failed"),
             Err(_) => tracing::warn!("mock server did not stop in time; aborting it"),
         }
+        self.shared.agents.shutdown().await;
     }
 }
 

@@ -13,10 +13,12 @@
 //! rejects steps that could never apply (an agent in a workspace that does
 //! not exist at that time, a deletion of something unknown).
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use codervpn_reference_tunnel::control::api::{Node, User, WorkspaceStatus};
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 use crate::error::ScenarioError;
@@ -63,9 +65,21 @@ pub struct WorkspaceSpec {
 pub struct AgentSpec {
     pub id: Uuid,
     pub name: String,
-    /// Its WireGuard node; absent while the agent is offline.
+    /// Present when the agent is online. The mock then runs an embedded
+    /// agent (a WireGuard peer on its own UDP socket) and publishes *that*
+    /// agent's key and endpoint: the key written here is only checked for
+    /// form. Absent while the agent is offline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<Node>,
+    /// An external WireGuard peer (e.g. wireguard-go in a network
+    /// namespace) published exactly as given instead of an embedded agent.
+    /// Needs both `public_key` and `endpoint`; excludes `node`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "external_node"
+    )]
+    pub external_node: Option<Node>,
 }
 
 /// One timeline entry: `action` at `at_ms` milliseconds after start.
@@ -92,26 +106,29 @@ pub enum Action {
         agents: Vec<AgentSpec>,
     },
     /// Delete a workspace and, in the same diff, its agents.
-    DeleteWorkspace {
-        id: Uuid,
-    },
+    DeleteWorkspace { id: Uuid },
     /// Add or replace (or move) an agent of an existing workspace.
     UpsertAgent {
         id: Uuid,
         name: String,
         workspace_id: Uuid,
+        /// Online with an embedded agent (see [`AgentSpec::node`]). An
+        /// external node is given with `upsert_workspace` and its `agents`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<Node>,
     },
     DeleteAgent {
         id: Uuid,
+        /// Keep its embedded WireGuard peer answering after the control
+        /// plane forgets it (until shutdown or a new upsert), so a case can
+        /// tell "the tunnel dropped the session" from "the agent is gone".
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_running: bool,
     },
     /// Close every coordination stream now and answer new dials with 503
     /// for `reconnect_after_ms`. Changes made meanwhile reach the tunnel
     /// only through the snapshot of its next dial (§6.8).
-    DropStreams {
-        reconnect_after_ms: u64,
-    },
+    DropStreams { reconnect_after_ms: u64 },
     /// The next `count` requests (to `path` if given) get `status` and an
     /// `ApiError` body. `count: 0` cancels the rule for that path.
     FailRequests {
@@ -168,7 +185,7 @@ impl Action {
                 workspace_id: *workspace_id,
                 node: node.as_ref(),
             },
-            Action::DeleteAgent { id } => Change::DeleteAgent(*id),
+            Action::DeleteAgent { id, .. } => Change::DeleteAgent(*id),
             Action::DropStreams { .. }
             | Action::FailRequests { .. }
             | Action::DelayResponses { .. }
@@ -204,7 +221,10 @@ impl Action {
             Action::DelayResponses { path, .. } | Action::CorruptResponses { path, .. } => path,
             Action::UpsertAgent { node, .. } => return check_node(node.as_ref()),
             Action::UpsertWorkspace { agents, .. } => {
-                return agents.iter().try_for_each(|a| check_node(a.node.as_ref()));
+                return agents.iter().try_for_each(|a| {
+                    check_agent(a.node.as_ref(), a.external_node.as_ref())
+                        .map_err(|err| format!("agent {}: {err}", a.id))
+                });
             }
             _ => return Ok(()),
         };
@@ -227,6 +247,51 @@ fn default_version() -> String {
 
 fn default_status() -> WorkspaceStatus {
     WorkspaceStatus::Running
+}
+
+/// An agent's `node` and `external_node`: at most one, each well formed,
+/// and an external node with an endpoint (nothing else could reach it).
+fn check_agent(node: Option<&Node>, external: Option<&Node>) -> Result<(), String> {
+    match (node, external) {
+        (Some(_), Some(_)) => Err("give node (embedded agent) or external_node, not both".into()),
+        (node, None) => check_node(node),
+        (None, Some(external)) => {
+            check_node(Some(external)).map_err(|err| format!("external_node: {err}"))?;
+            match external.endpoint {
+                Some(_) => Ok(()),
+                None => Err("external_node: endpoint (ip:port) is required".into()),
+            }
+        }
+    }
+}
+
+/// Reads `external_node` with its endpoint as text, so that a bad key or
+/// endpoint is named in the error (serde_json adds line and column).
+fn external_node<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Node>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        public_key: String,
+        endpoint: String,
+    }
+    let Some(raw) = Option::<Raw>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let node = Node {
+        public_key: raw.public_key,
+        endpoint: None,
+    };
+    check_node(Some(&node)).map_err(|err| D::Error::custom(format!("external_node: {err}")))?;
+    let endpoint: SocketAddr = raw.endpoint.parse().map_err(|_| {
+        D::Error::custom(format!(
+            "external_node: endpoint {:?} is not an ip:port UDP address",
+            raw.endpoint
+        ))
+    })?;
+    Ok(Some(Node {
+        endpoint: Some(endpoint),
+        ..node
+    }))
 }
 
 /// A WireGuard public key in standard base64: 44 characters encoding 32
@@ -276,7 +341,7 @@ impl Scenario {
             .map_err(|err| ScenarioError::Invalid(format!("workspaces: {err}")))?;
         for workspace in &self.workspaces {
             for agent in &workspace.agents {
-                check_node(agent.node.as_ref())
+                check_agent(agent.node.as_ref(), agent.external_node.as_ref())
                     .map_err(|err| ScenarioError::Invalid(format!("agent {}: {err}", agent.id)))?;
             }
         }
@@ -325,6 +390,7 @@ impl Scenario {
             id: id(text),
             name: name.to_owned(),
             node,
+            external_node: None,
         };
         Scenario {
             user: User {
@@ -468,6 +534,54 @@ mod tests {
             err.contains("timeline[0]") && err.contains("unknown workspace"),
             "{err}"
         );
+    }
+
+    fn with_agent(agent: &str) -> String {
+        MINIMAL.replace(
+            "\"workspaces\":[]",
+            &format!(
+                r#""workspaces":[{{"id":"00000000-0000-0000-0000-000000000002","name":"w","agents":[{agent}]}}]"#
+            ),
+        )
+    }
+
+    #[test]
+    fn external_nodes_parse_and_errors_name_the_problem() {
+        let good = with_agent(
+            r#"{"id":"00000000-0000-0000-0000-000000000003","name":"a","external_node":{"public_key":"ERERERERERERERERERERERERERERERERERERERERERE=","endpoint":"10.0.0.2:51820"}}"#,
+        );
+        let scenario = Scenario::from_json(&good).unwrap();
+        let external = scenario.workspaces[0].agents[0]
+            .external_node
+            .clone()
+            .unwrap();
+        assert_eq!(external.endpoint, Some("10.0.0.2:51820".parse().unwrap()));
+        // Serializes back to what it read.
+        let again = serde_json::to_string(&scenario).unwrap();
+        assert_eq!(Scenario::from_json(&again).unwrap(), scenario);
+
+        let cases = [
+            (good.replace("\"10.0.0.2:51820\"", "\"10.0.0.2\""), "endpoint \"10.0.0.2\" is not an ip:port"),
+            (good.replace("ERERERERERERERERERERERERERERERERERERERERERE=", "short"), "public_key \"short\""),
+            (good.replace(",\"endpoint\":\"10.0.0.2:51820\"", ""), "missing field `endpoint`"),
+            (good.replace("\"external_node\"", "\"node\":{\"public_key\":\"ERERERERERERERERERERERERERERERERERERERERERE=\"},\"external_node\""), "not both"),
+        ];
+        for (text, expected) in cases {
+            let err = Scenario::from_json(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(
+                err.contains("external_node") || err.contains("endpoint"),
+                "{err}"
+            );
+        }
+        // Built in Rust rather than parsed: the same checks.
+        let mut scenario = scenario;
+        scenario.workspaces[0].agents[0].external_node = Some(Node {
+            public_key: "ERERERERERERERERERERERERERERERERERERERERERE=".into(),
+            endpoint: None,
+        });
+        let err = scenario.validate().unwrap_err().to_string();
+        assert!(err.contains("endpoint (ip:port) is required"), "{err}");
     }
 
     #[test]

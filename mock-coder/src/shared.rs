@@ -17,6 +17,7 @@ use codervpn_reference_tunnel::control::api::{
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
+use crate::agents::Agents;
 use crate::faults::{Faults, Plan};
 use crate::record::{RecordedRequest, Recorder};
 use crate::scenario::{Action, Scenario};
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     events: broadcast::Sender<StreamEvent>,
     dials: AtomicUsize,
     shutdown: watch::Sender<bool>,
+    /// The embedded agents; published nodes come from here.
+    pub(crate) agents: Agents,
     /// Each open stream holds a clone; shutdown takes this one and waits for
     /// the clones to go, i.e. for the streams to end.
     stream_guard: Mutex<Option<mpsc::Sender<()>>>,
@@ -63,6 +66,7 @@ impl Shared {
         token: String,
         scenario: &Scenario,
         state: State,
+        agents: Agents,
     ) -> (Shared, mpsc::Receiver<()>) {
         let (guard, guard_rx) = mpsc::channel(1);
         let shared = Shared {
@@ -80,6 +84,7 @@ impl Shared {
             dials: AtomicUsize::new(0),
             shutdown: watch::channel(false).0,
             stream_guard: Mutex::new(Some(guard)),
+            agents,
         };
         (shared, guard_rx)
     }
@@ -87,14 +92,28 @@ impl Shared {
     /// Runs one timeline action now.
     pub(crate) fn apply(&self, action: &Action) {
         tracing::debug!(action = action.name(), "mock control plane action");
-        if let Some(change) = action.change() {
+        if action.change().is_some() {
+            // Under the state lock, so agents start and stop in the order
+            // the changes are made. Publishing may start an agent for a
+            // change that then fails; `retain` stops it again.
             let mut state = lock(&self.state);
-            match state.apply(change) {
-                Ok(update) => self.broadcast(&update),
-                Err(err) => {
-                    tracing::warn!(action = action.name(), %err, "action ignored");
+            let published = self.agents.publish_action(action);
+            if let Some(change) = published.change() {
+                match state.apply(change) {
+                    Ok(update) => self.broadcast(&update),
+                    Err(err) => {
+                        tracing::warn!(action = action.name(), %err, "action ignored");
+                    }
                 }
             }
+            if let Action::DeleteAgent {
+                id,
+                keep_running: true,
+            } = action
+            {
+                self.agents.orphan(*id);
+            }
+            self.agents.retain(|id| state.agent_node(id).cloned());
             return;
         }
         match action {
@@ -162,6 +181,7 @@ impl Shared {
     }
 
     pub(crate) fn record_node(&self, node: TunnelNode) {
+        self.agents.announce(&node);
         lock(&self.recorder).node(node);
     }
 
@@ -194,6 +214,7 @@ impl Shared {
     pub(crate) fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
         lock(&self.stream_guard).take();
+        self.agents.cancel_all();
     }
 }
 

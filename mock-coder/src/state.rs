@@ -99,6 +99,11 @@ impl State {
         }
     }
 
+    /// The node published for agent `id`, if it exists and is online.
+    pub(crate) fn agent_node(&self, id: Uuid) -> Option<&Node> {
+        self.agents.get(&id)?.node.as_ref()
+    }
+
     #[cfg(test)]
     pub(crate) fn workspace_count(&self) -> usize {
         self.workspaces.len()
@@ -179,7 +184,11 @@ fn agent_info(agent: &AgentSpec, workspace_id: Uuid) -> AgentInfo {
         id: agent.id,
         name: agent.name.clone(),
         workspace_id,
-        node: agent.node.clone(),
+        node: agent
+            .external_node
+            .as_ref()
+            .or(agent.node.as_ref())
+            .cloned(),
     }
 }
 
@@ -248,6 +257,7 @@ mod tests {
             id: id(2),
             name: "a".into(),
             node: None,
+            external_node: None,
         }];
         let update = state
             .apply(Change::UpsertWorkspace {

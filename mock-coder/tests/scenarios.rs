@@ -100,6 +100,7 @@ fn every_action() -> Vec<Action> {
                 id: Uuid::nil(),
                 name: "a".into(),
                 node: node.clone(),
+                external_node: None,
             }],
         },
         Action::DeleteWorkspace { id: Uuid::nil() },
@@ -109,7 +110,10 @@ fn every_action() -> Vec<Action> {
             workspace_id: Uuid::nil(),
             node,
         },
-        Action::DeleteAgent { id: Uuid::nil() },
+        Action::DeleteAgent {
+            id: Uuid::nil(),
+            keep_running: true,
+        },
         Action::DropStreams {
             reconnect_after_ms: 1,
         },
@@ -162,6 +166,7 @@ async fn cli_reports_a_bad_scenario_file_with_its_name_and_line() {
         listen: "127.0.0.1:0".parse().unwrap(),
         scenario: Some(path),
         token: cli::DEFAULT_TOKEN.into(),
+        agent_bind: "127.0.0.1".parse().unwrap(),
     })
     .await
     .unwrap_err()
@@ -186,6 +191,7 @@ fn cli_arguments_have_the_documented_defaults() {
     assert_eq!(parsed.listen.to_string(), "127.0.0.1:0");
     assert_eq!(parsed.token, cli::DEFAULT_TOKEN);
     assert!(parsed.scenario.is_none());
+    assert_eq!(parsed.agent_bind.to_string(), "127.0.0.1");
     let parsed = Wrapper::try_parse_from([
         "mock-coder",
         "--listen",
@@ -194,9 +200,12 @@ fn cli_arguments_have_the_documented_defaults() {
         "s.json",
         "--token",
         "t",
+        "--agent-bind",
+        "10.0.0.2",
     ])
     .unwrap()
     .args;
+    assert_eq!(parsed.agent_bind.to_string(), "10.0.0.2");
     assert_eq!(parsed.listen.port(), 9);
     assert_eq!(parsed.token, "t");
     assert_eq!(parsed.scenario.unwrap(), Path::new("s.json"));
@@ -205,7 +214,7 @@ fn cli_arguments_have_the_documented_defaults() {
 /// Every JSON example in docs/control-plane.md is what the code reads.
 #[test]
 fn doc_examples_parse() {
-    use codervpn_mock_coder::RecordedRequest;
+    use codervpn_mock_coder::{AgentStats, RecordedRequest};
     use codervpn_reference_tunnel::control::api::{ApiError, ClientMessage, ServerMessage};
 
     let doc = std::fs::read_to_string(crate_dir().join("../docs/control-plane.md")).unwrap();
@@ -226,6 +235,12 @@ fn doc_examples_parse() {
                 Some("node") => serde_json::from_value::<ClientMessage>(value)
                     .map(|_| "node")
                     .map_err(|e| e.to_string()),
+                // `GET /_mock/agents`: agents have a public key.
+                _ if value.get(0).is_some_and(|v| v.get("public_key").is_some()) => {
+                    serde_json::from_value::<Vec<AgentStats>>(value)
+                        .map(|_| "agents")
+                        .map_err(|e| e.to_string())
+                }
                 _ if value.is_array() => serde_json::from_value::<Vec<RecordedRequest>>(value)
                     .map(|_| "record")
                     .map_err(|e| e.to_string()),
@@ -246,6 +261,6 @@ fn doc_examples_parse() {
     }
     assert_eq!(
         seen,
-        BTreeSet::from(["update", "node", "record", "scenario", "error"])
+        BTreeSet::from(["update", "node", "record", "agents", "scenario", "error"])
     );
 }

@@ -64,7 +64,8 @@ async fn snapshot_on_connect_then_one_diff_per_change() {
         agents: vec![AgentSpec {
             id: id(11),
             name: "a".into(),
-            node: Some(node.clone()),
+            node: None,
+            external_node: Some(node.clone()),
         }],
     });
     let diff = next_update(&mut ws).await;
@@ -88,12 +89,18 @@ async fn snapshot_on_connect_then_one_diff_per_change() {
     assert_eq!(diff.upserted_agents[0].id, id(12));
     assert!(diff.upserted_workspaces.is_empty());
 
-    mock.apply(Action::DeleteAgent { id: id(11) });
+    mock.apply(Action::DeleteAgent {
+        id: id(11),
+        keep_running: false,
+    });
     let diff = next_update(&mut ws).await;
     assert_eq!(diff.deleted_agents, [id(11)]);
 
     // An action that cannot apply sends nothing; the next one still does.
-    mock.apply(Action::DeleteAgent { id: id(999) });
+    mock.apply(Action::DeleteAgent {
+        id: id(999),
+        keep_running: false,
+    });
     mock.apply(Action::DeleteWorkspace { id: id(10) });
     let diff = next_update(&mut ws).await;
     assert_eq!(diff.deleted_workspaces, [id(10)]);
@@ -127,6 +134,7 @@ async fn nodes_are_recorded_and_malformed_messages_ignored() {
     // Still open: a change still arrives.
     mock.apply(Action::DeleteAgent {
         id: Scenario::demo().workspaces[0].agents[0].id,
+        keep_running: false,
     });
     assert_eq!(next_update(&mut ws).await.deleted_agents.len(), 1);
     mock.shutdown().await;

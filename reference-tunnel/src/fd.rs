@@ -2,10 +2,12 @@
 //! Coder Desktop passes them to `coder vpn-daemon run` (protocol.md §2.2),
 //! or standard input and output.
 //!
+//! Also the packet device named in StartRequest (`dup_packet_device`).
+//!
 //! Taking ownership of an inherited descriptor number is the one `unsafe`
-//! step; it is confined to [`take_inherited`].
+//! step; this module is the only place it happens.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -90,6 +92,111 @@ fn take_inherited(fd: RawFd, flag: &'static str) -> Result<OwnedFd, FdError> {
     // owns it, and `check_pair` made sure the two flags name different
     // descriptors, so each is owned exactly once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A descriptor named in `StartRequest.tunnel_file_descriptor` that cannot
+/// serve as the packet device (§6.2 step 6).
+#[derive(Debug, thiserror::Error)]
+pub enum TunFdError {
+    #[error("dup tun fd: {0} is not a valid descriptor number")]
+    OutOfRange(i64),
+    #[error("dup tun fd: descriptor {0} is not open")]
+    NotOpen(i32),
+    #[error("dup tun fd: descriptor {fd}: {source}")]
+    Io {
+        fd: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "tun fd {fd} is {kind}: a packet device is needed (a TUN device or a datagram socket, one IP packet per read)"
+    )]
+    NotPackets { fd: i32, kind: &'static str },
+}
+
+/// Duplicates the packet device the manager named by number, as Coder's
+/// tunnel does (`dup tun fd`, §9.5), and makes the copy non-blocking. The
+/// manager keeps its own number; the copy is ours and closes with the
+/// session. Pipes, stream sockets and regular files are refused: one read
+/// must be one IP packet.
+#[allow(unsafe_code)]
+pub fn dup_packet_device(number: i64) -> Result<OwnedFd, TunFdError> {
+    let fd = RawFd::try_from(number)
+        .ok()
+        .filter(|fd| *fd > 0)
+        .ok_or(TunFdError::OutOfRange(number))?;
+    let io = |source| TunFdError::Io { fd, source };
+    // SAFETY: F_GETFD only reads the descriptor's flags; harmless on any
+    // number.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(TunFdError::NotOpen(fd));
+    }
+    // SAFETY: the descriptor is open (checked above) and only borrowed for
+    // the duplication; the borrow ends before this function returns.
+    let owned = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .map_err(io)?;
+    let kind = {
+        use std::os::unix::fs::FileTypeExt;
+        let file = std::fs::File::from(owned.try_clone().map_err(io)?);
+        let file_type = file.metadata().map_err(io)?.file_type();
+        if file_type.is_char_device() {
+            None
+        } else if file_type.is_socket() {
+            socket_kind(&owned)
+        } else if file_type.is_fifo() {
+            Some("a pipe")
+        } else if file_type.is_dir() {
+            Some("a directory")
+        } else {
+            Some("a regular file")
+        }
+    };
+    if let Some(kind) = kind {
+        return Err(TunFdError::NotPackets { fd, kind });
+    }
+    // SAFETY: plain flag calls on a descriptor we own.
+    let flags = unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_GETFL) };
+    if flags == -1
+        || unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } == -1
+    {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    Ok(owned)
+}
+
+/// Registers the packet device with tokio's reactor.
+#[allow(unsafe_code)]
+pub fn register_packet_device(
+    fd: OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::fs::File>> {
+    // SAFETY: the `File` owns the descriptor, so it stays open and refers to
+    // the same file description until the `AsyncFd` drops the `File`, and
+    // `File::as_raw_fd` always returns that descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register(std::fs::File::from(fd)) }
+        .map_err(|err| err.into_parts().1)
+}
+
+/// `None` for a datagram or seqpacket socket, else what it is.
+#[allow(unsafe_code)]
+fn socket_kind(fd: &OwnedFd) -> Option<&'static str> {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one c_int into `kind`, whose size is in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&raw mut kind).cast(),
+            &raw mut len,
+        )
+    };
+    match (rc, kind) {
+        (0, libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => None,
+        (0, libc::SOCK_STREAM) => Some("a stream socket"),
+        _ => Some("a socket of unknown type"),
+    }
 }
 
 fn is_fifo(fd: &OwnedFd) -> std::io::Result<bool> {

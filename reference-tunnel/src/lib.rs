@@ -5,6 +5,7 @@
 //! * [`start`]: StartRequest checks, headers and telemetry.
 //! * [`control`]: the control-plane API, client and held session.
 //! * [`peers`]: workspace/agent state and the PeerUpdates it produces.
+//! * [`dataplane`]: WireGuard to the agents, the packet device, DNS, pings.
 //! * [`logs`]: forwarding the tunnel's tracing events as Log messages.
 //! * [`fd`]: opening the inherited pipe descriptors.
 

@@ -16,7 +16,11 @@ use codervpn_proto::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use codervpn_proto::ids::agent_address;
+use uuid::Uuid;
+
 use crate::control::session::{Session, SessionConfig};
+use crate::dataplane::{Dataplane, PacketDevice};
 use crate::logs::LogQueue;
 use crate::start::validate;
 
@@ -258,8 +262,10 @@ async fn start_response(
         );
         return Ok(None);
     }
+    let dataplane = build_dataplane(req.tunnel_file_descriptor, &config)
+        .map_err(|err| format!("failed to create networking stack dependencies: {err}"))?;
     let limit = config.start_timeout;
-    let connect = Session::connect(params, speaker, &config.session);
+    let connect = Session::connect(params, dataplane, speaker, &config.session);
     match tokio::time::timeout(limit, connect).await {
         Ok(Ok(session)) => Ok(Some(session)),
         Ok(Err(err)) => Err(format!("failed to start connection: {err}")),
@@ -267,4 +273,29 @@ async fn start_response(
             "failed to start connection: timed out after {limit:?}"
         )),
     }
+}
+
+/// §6.2 step 6: the packet device the manager named (none for 0, as the
+/// Windows service sends), our address (§9.3) and the WireGuard socket.
+fn build_dataplane(tun_fd: i32, config: &TunnelConfig) -> Result<Dataplane, String> {
+    let dataplane = config.session.dataplane;
+    let device = match tun_fd {
+        0 => {
+            tracing::info!("no tunnel file descriptor: WireGuard and pings only");
+            None
+        }
+        fd => {
+            let owned = crate::fd::dup_packet_device(i64::from(fd)).map_err(|e| e.to_string())?;
+            let device = PacketDevice::new(owned, dataplane.framing)
+                .map_err(|e| format!("create TUN from fd {fd}: {e}"))?;
+            Some(device)
+        }
+    };
+    let address = agent_address(Uuid::new_v4());
+    Dataplane::start(device, address, dataplane).map_err(|e| {
+        format!(
+            "bind WireGuard socket on port {}: {e}",
+            dataplane.listen_port
+        )
+    })
 }

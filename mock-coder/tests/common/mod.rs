@@ -24,6 +24,7 @@ pub async fn start(scenario: Scenario) -> MockCoder {
         listen: "127.0.0.1:0".parse().unwrap(),
         token: TOKEN.into(),
         scenario,
+        ..MockConfig::default()
     })
     .await
     .unwrap()

@@ -8,7 +8,7 @@
 //!   backoff (50 ms doubling to 10 s) and keeping the known state, and turns
 //!   every update into one PeerUpdate;
 //! * the ticker sends the periodic upsert of all agents (§6.9);
-//! * (with the dataplane) the WireGuard engine.
+//! * the dataplane ([`Dataplane`]), kept in step with the agent list.
 
 use std::net::Ipv6Addr;
 use std::sync::Arc;
@@ -25,10 +25,11 @@ use tokio::sync::{Mutex, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
-use uuid::Uuid;
 
 use super::api::{ClientMessage, ServerMessage, TunnelNode};
 use super::client::{self, ControlClient, ControlError};
+use crate::dataplane::dns::HostTable;
+use crate::dataplane::{Dataplane, DataplaneConfig, PeerSpec, keys};
 use crate::peers::PeerState;
 use crate::start::StartParams;
 
@@ -39,8 +40,9 @@ pub struct SessionConfig {
     pub update_interval: Duration,
     /// Bound on each NetworkSettings request (§6.10 item 2; 30 s).
     pub network_settings_timeout: Duration,
-    /// MTU announced in the router NetworkSettingsRequest.
-    pub mtu: u32,
+    /// The dataplane's options; its MTU is announced in the router
+    /// NetworkSettingsRequest.
+    pub dataplane: DataplaneConfig,
     /// Whether the manager configures the interface (§6.10 item 3).
     pub send_network_settings: bool,
 }
@@ -50,7 +52,7 @@ impl Default for SessionConfig {
         SessionConfig {
             update_interval: Duration::from_secs(5),
             network_settings_timeout: Duration::from_secs(30),
-            mtu: 1280,
+            dataplane: DataplaneConfig::default(),
             send_network_settings: true,
         }
     }
@@ -60,6 +62,7 @@ impl Default for SessionConfig {
 #[derive(Debug)]
 pub struct Session {
     state: Arc<Mutex<PeerState>>,
+    dataplane: Arc<Dataplane>,
     tasks: Vec<JoinHandle<()>>,
     cancel: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -76,6 +79,7 @@ impl Session {
     /// (`get user: …`, `get connection info: …`, `start connector: …`).
     pub async fn connect(
         params: StartParams,
+        dataplane: Dataplane,
         speaker: Speaker<Tunnel>,
         config: &SessionConfig,
     ) -> Result<Session, String> {
@@ -86,22 +90,28 @@ impl Session {
             .await
             .map_err(|e| format!("get connection info: {e}"))?;
         let suffix = info.suffix().to_owned();
-        let address = agent_address(Uuid::new_v4());
+        let address = dataplane.address();
         tracing::info!(user = %user.username, %suffix, %address, "connected to the control plane");
 
         if config.send_network_settings {
-            configure(&speaker, router_settings(address, config.mtu), config).await;
+            configure(
+                &speaker,
+                router_settings(address, config.dataplane.mtu),
+                config,
+            )
+            .await;
             configure(&speaker, dns_settings(&suffix), config).await;
         }
 
         let cancel = CancellationToken::new();
         let state = Arc::new(Mutex::new(PeerState::new(&user.username, &suffix)));
         let node = TunnelNode {
-            // The dataplane fills in the real key; until then, no key.
-            public_key: String::new(),
+            public_key: dataplane.public_key(),
+            // Agents learn where we are from our handshakes.
             endpoint: None,
             addresses: vec![format!("{address}/128")],
         };
+        let dataplane = Arc::new(dataplane);
         let (first_tx, first_rx) = oneshot::channel();
         let span = tracing::Span::current();
         let stream = tokio::spawn(
@@ -109,6 +119,7 @@ impl Session {
                 client,
                 node,
                 state.clone(),
+                dataplane.clone(),
                 speaker.clone(),
                 first_tx,
                 cancel.clone(),
@@ -118,6 +129,7 @@ impl Session {
         let ticker = tokio::spawn(
             tick(
                 state.clone(),
+                dataplane.clone(),
                 speaker,
                 config.update_interval,
                 cancel.clone(),
@@ -126,6 +138,7 @@ impl Session {
         );
         let session = Session {
             state,
+            dataplane,
             tasks: vec![stream, ticker],
             _stop_on_drop: cancel.clone().drop_guard(),
             cancel,
@@ -148,6 +161,11 @@ impl Session {
         self.cancel.cancel();
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        // The tasks held the other references; a task that did not end in
+        // time still stops, with the dataplane, when its last copy drops.
+        if let Ok(dataplane) = Arc::try_unwrap(self.dataplane) {
+            dataplane.close().await;
         }
     }
 }
@@ -223,6 +241,7 @@ async fn maintain_stream(
     client: ControlClient,
     node: TunnelNode,
     state: Arc<Mutex<PeerState>>,
+    dataplane: Arc<Dataplane>,
     speaker: Speaker<Tunnel>,
     first: oneshot::Sender<Result<(), ControlError>>,
     cancel: CancellationToken,
@@ -261,6 +280,7 @@ async fn maintain_stream(
                     // periodic updates reach the manager in state order.
                     let mut state = state.lock().await;
                     let diff = state.apply(update);
+                    sync_dataplane(&state, &dataplane).await;
                     let sent = tokio::select! {
                         _ = cancel.cancelled() => return,
                         sent = speaker.send(peer_update(diff)) => sent,
@@ -287,6 +307,7 @@ async fn maintain_stream(
 /// The periodic upsert of every agent (§6.9), nothing when none is known.
 async fn tick(
     state: Arc<Mutex<PeerState>>,
+    dataplane: Arc<Dataplane>,
     speaker: Speaker<Tunnel>,
     interval: Duration,
     cancel: CancellationToken,
@@ -299,7 +320,17 @@ async fn tick(
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let state = state.lock().await;
+        let mut state = state.lock().await;
+        for seen in dataplane.observations() {
+            if let Some(at) = seen.last_handshake {
+                state.record_handshake(seen.agent, at);
+            }
+            if let Some(ping) = seen.last_ping {
+                state.record_ping(seen.agent, ping);
+            }
+        }
+        // Replies land in the next tick's update; a ping never delays one.
+        dataplane.ping_all().await;
         let Some(update) = state.periodic() else {
             continue;
         };
@@ -311,4 +342,32 @@ async fn tick(
             return;
         }
     }
+}
+
+/// Gives the dataplane the current agents (a session for every agent with a
+/// valid WireGuard node) and the resolver's names (§9.4).
+async fn sync_dataplane(state: &PeerState, dataplane: &Dataplane) {
+    let specs: Vec<PeerSpec> = state
+        .agents()
+        .filter_map(|agent| {
+            let node = agent.node.as_ref()?;
+            match keys::parse(&node.public_key) {
+                Ok(public_key) => Some(PeerSpec {
+                    agent: agent.id,
+                    public_key,
+                    endpoint: node.endpoint,
+                }),
+                Err(err) => {
+                    tracing::warn!(agent = %agent.id, error = %err, "agent node ignored");
+                    None
+                }
+            }
+        })
+        .collect();
+    dataplane.set_peers(&specs).await;
+    dataplane.set_hosts(HostTable::new(
+        state
+            .dns_names()
+            .map(|(name, id)| (name, agent_address(id))),
+    ));
 }
