@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use codervpn_conformance::catalogue;
 use codervpn_conformance::expect_fail::KnownFailures;
+use codervpn_conformance::link_side::SocketLaunch;
 use codervpn_conformance::manager_side::ManagerLaunch;
 use codervpn_conformance::report::{self, Outcome};
 use codervpn_conformance::runner::{self, CaseResult, Grade, Options};
@@ -36,8 +37,16 @@ pub struct ConformArgs {
     /// (it accepts --rpc-read-fd/--rpc-write-fd like `coder vpn-daemon run`).
     #[arg(long)]
     manager_cmd: Option<String>,
-    /// Highest tier to run (default: all for the built-in tunnel, wire for
-    /// a command).
+    /// Windows service command line containing {socket}, a fresh Unix
+    /// socket path (the named pipe's stand-in) it must listen on; the
+    /// service cases connect there as clients (protocol.md §8).
+    #[arg(long)]
+    service_cmd: Option<String>,
+    /// Windows client command line containing {socket}, where the client
+    /// cases listen as the service and the client must connect (§8).
+    #[arg(long)]
+    client_cmd: Option<String>,
+    /// Highest tier to run (default: all, but wire for a tunnel command).
     #[arg(long, value_enum)]
     tier: Option<TierArg>,
     /// `should` grades SHOULD and hazard rules as failures (strict run).
@@ -126,10 +135,14 @@ pub fn run(args: ConformArgs) -> ExitCode {
         Err(err) => return usage(format!("cannot find this program: {err}")),
     };
     let quoted = shell_quote(&exe.to_string_lossy());
-    // No target at all: the built-in tunnel, and the mock manager for the
-    // manager-side cases.
-    let builtin =
-        args.tunnel_cmd.is_none() && args.tunnel_stdio_cmd.is_none() && args.manager_cmd.is_none();
+    // No target at all: the built-in tunnel, the mock manager for the
+    // manager-side cases, the mock service and the mock client for the
+    // client/service cases.
+    let builtin = args.tunnel_cmd.is_none()
+        && args.tunnel_stdio_cmd.is_none()
+        && args.manager_cmd.is_none()
+        && args.service_cmd.is_none()
+        && args.client_cmd.is_none();
     let launch = match (&args.tunnel_cmd, &args.tunnel_stdio_cmd) {
         (Some(cmd), None) => Some(Launch::Fds(cmd.clone())),
         (None, Some(cmd)) => Some(Launch::Stdio(cmd.clone())),
@@ -153,12 +166,29 @@ pub fn run(args: ConformArgs) -> ExitCode {
         command,
         exe: exe.clone(),
     });
+    let service = match &args.service_cmd {
+        Some(command) => Some(command.clone()),
+        None if builtin => Some(format!("{quoted} mock-service --socket {{socket}}")),
+        None => None,
+    }
+    .map(|command| SocketLaunch { command });
+    let client = match &args.client_cmd {
+        Some(command) => Some(command.clone()),
+        None if builtin => Some(format!(
+            "{quoted} mock-client --socket {{socket}} --reply-timeout-ms 2000"
+        )),
+        None => None,
+    }
+    .map(|command| SocketLaunch { command });
     let tier = match args.tier {
         Some(TierArg::Wire) => Tier::Wire,
         Some(TierArg::Control) => Tier::Control,
         Some(TierArg::Dataplane) => Tier::Dataplane,
-        None if builtin => Tier::Dataplane,
-        None => Tier::Wire,
+        // A third-party tunnel gets the wire tier; a service or client
+        // case needs no more of the implementation than the protocol and
+        // the mock control plane, so those run in full.
+        None if args.tunnel_cmd.is_some() || args.tunnel_stdio_cmd.is_some() => Tier::Wire,
+        None => Tier::Dataplane,
     };
     let patterns = |list: &[String]| {
         list.iter()
@@ -179,6 +209,8 @@ pub fn run(args: ConformArgs) -> ExitCode {
         timeout_ms: args.timeout_ms,
         builtin,
         manager,
+        service,
+        client,
         tun_framing: match args.tun_framing {
             FramingArg::Raw => Framing::Raw,
             FramingArg::Utun => Framing::Utun,
@@ -228,6 +260,12 @@ pub fn run(args: ConformArgs) -> ExitCode {
         return usage(err);
     }
     if let Some(Err(err)) = options.manager.as_ref().map(ManagerLaunch::check) {
+        return usage(err);
+    }
+    if let Some(Err(err)) = options.service.as_ref().map(|s| s.check("--service-cmd")) {
+        return usage(err);
+    }
+    if let Some(Err(err)) = options.client.as_ref().map(|c| c.check("--client-cmd")) {
         return usage(err);
     }
     let runtime = match tokio::runtime::Runtime::new() {

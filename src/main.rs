@@ -29,6 +29,7 @@ fn say(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
+mod client_cmd;
 mod conform_cmd;
 mod mock_cmds;
 mod record_cmd;
@@ -86,6 +87,14 @@ enum Command {
     MockTunnel(mock_cmds::MockTunnelArgs),
     /// A well-behaved manager: launch a tunnel, Start, GetPeerUpdate, Stop.
     MockManager(mock_cmds::MockManagerArgs),
+    /// A well-behaved Windows service on a Unix socket: clients Start, Stop
+    /// and watch a tunnel it launches and manages (protocol.md §8).
+    MockService(mock_cmds::MockServiceArgs),
+    /// A well-behaved Windows client (the app) of a service, or a scripted one.
+    MockClient(client_cmd::MockClientArgs),
+    /// A service that plays a transcript (tests the suite itself).
+    #[command(hide = true)]
+    FakeService(client_cmd::FakeServiceArgs),
     /// A tunnel that breaks one rule on purpose (tests the suite itself).
     #[command(hide = true)]
     FaultyTunnel(mock_cmds::FaultyTunnelArgs),
@@ -143,6 +152,9 @@ fn main() -> ExitCode {
         Command::Replay(args) => record_cmd::replay(args),
         Command::MockTunnel(args) => mock_cmds::mock_tunnel(args),
         Command::MockManager(args) => mock_cmds::mock_manager(args),
+        Command::MockService(args) => mock_cmds::mock_service(args),
+        Command::MockClient(args) => client_cmd::mock_client(args),
+        Command::FakeService(args) => client_cmd::fake_service(args),
         Command::FaultyTunnel(args) => mock_cmds::faulty_tunnel(args),
         command @ (Command::Decode { .. } | Command::Encode { .. }) => match capture(command) {
             Ok(()) => ExitCode::SUCCESS,

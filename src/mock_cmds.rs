@@ -1,5 +1,5 @@
-//! `codervpn mock-tunnel` and `codervpn mock-manager`: the harness's two
-//! scriptable counterparts as processes.
+//! `codervpn mock-tunnel`, `codervpn mock-manager` and `codervpn
+//! mock-service`: the harness's scriptable counterparts as processes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -191,6 +191,97 @@ pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The mock Windows service (protocol.md §8).
+#[derive(Debug, Args)]
+pub struct MockServiceArgs {
+    /// Unix socket to listen on, the stand-in for the named pipe; a stale
+    /// socket file there is replaced. `listening: PATH` is printed once
+    /// clients can connect.
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// The tunnel to launch on each Start, with `{rpc_read_fd}` and
+    /// `{rpc_write_fd}` placeholders (as for `conform`). Default: this
+    /// binary's reference tunnel. The binary the service downloads from
+    /// the deployment is never run: the tunnel always comes from here.
+    #[arg(long, value_name = "CMD", conflicts_with = "tunnel_stdio_cmd")]
+    tunnel_cmd: Option<String>,
+    /// The tunnel to launch, speaking on its stdin and stdout.
+    #[arg(long, value_name = "CMD")]
+    tunnel_stdio_cmd: Option<String>,
+    /// Versions advertised to clients and to the tunnel (§3.6, §8.1).
+    #[arg(long, default_value = codervpn_conformance::mock_service::DEFAULT_VERSIONS)]
+    versions: codervpn_codec::VersionList,
+    /// Path of the daemon download under the client's coder_url (§9.2).
+    #[arg(long, value_name = "PATH", default_value = codervpn_conformance::mock_service::DEFAULT_DOWNLOAD_PATH)]
+    download_path: String,
+    /// Bound on waiting for the operation lock before a Start or Stop is
+    /// refused (§8.6 rule 2).
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    lock_wait_ms: u64,
+    /// Least severe level written to standard error.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+}
+
+pub fn mock_service(args: MockServiceArgs) -> ExitCode {
+    use codervpn_conformance::mock_service::{MockService, ServiceConfig, reference_tunnel};
+    // Colour only for a person at a terminal.
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_max_level(args.log_level)
+        .init();
+    if !args.download_path.starts_with('/') {
+        eprintln!("error: --download-path must start with '/'");
+        return ExitCode::from(2);
+    }
+    let tunnel = match (args.tunnel_cmd, args.tunnel_stdio_cmd) {
+        (Some(cmd), _) => Launch::Fds(cmd),
+        (None, Some(cmd)) => Launch::Stdio(cmd),
+        (None, None) => match std::env::current_exe() {
+            Ok(exe) => reference_tunnel(&exe),
+            Err(err) => {
+                eprintln!("error: cannot find this binary for the default tunnel: {err}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let config = ServiceConfig {
+        socket: args.socket,
+        tunnel,
+        versions: args.versions,
+        download_path: args.download_path,
+        lock_wait: Duration::from_millis(args.lock_wait_ms),
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        let Some(mut signals) = Signals::install() else {
+            eprintln!("error: cannot install the SIGINT/SIGTERM handlers");
+            return ExitCode::FAILURE;
+        };
+        let service = match MockService::bind(config) {
+            Ok(service) => service,
+            Err(err) => {
+                // A usage or setup error, as for `conform`.
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        out!("listening: {}", service.socket().display());
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            signals.next().await;
+            stop.cancel();
+        });
+        service.run(shutdown).await;
+        ExitCode::SUCCESS
+    })
 }
 
 /// SIGINT and SIGTERM, installed once so that none is missed between two

@@ -72,6 +72,8 @@ fn run_one(case: Transcript, target: &TunnelTarget) -> Result<CaseResult, String
         timeout_ms: None,
         builtin: false,
         manager: None,
+        service: None,
+        client: None,
         tun_framing: Default::default(),
     };
     let runtime =

@@ -404,3 +404,41 @@ fn unusable_commands_are_setup_errors_with_exit_2() {
     let out = conform(&["--jobs", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
+
+#[test]
+fn service_and_client_targets_select_their_cases_and_check_their_commands() {
+    let all = listed_ids(&[]);
+    for id in ["SVC-001", "CLI-001"] {
+        assert!(all.iter().any(|i| i == id), "{id} missing from {all:?}");
+    }
+    let service = listed_ids(&["--service-cmd", "svc --pipe {socket}"]);
+    assert!(
+        service.len() >= 10 && service.iter().all(|i| i.starts_with("SVC-")),
+        "{service:?}"
+    );
+    let client = listed_ids(&["--client-cmd", "app --pipe {socket}"]);
+    assert!(
+        client.len() >= 5 && client.iter().all(|i| i.starts_with("CLI-")),
+        "{client:?}"
+    );
+
+    // No {socket}: refused before anything runs.
+    let out = conform(&["--service-cmd", "svc"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("{socket}"), "{}", describe(&out));
+
+    // A client that does not exist: a setup error, exit 2.
+    let out = conform(&[
+        "--client-cmd",
+        "/nonexistent/app {socket}",
+        "--only",
+        "CLI-001",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("could not be run")
+            && text(&out.stderr).contains("/nonexistent/app"),
+        "{}",
+        describe(&out)
+    );
+}

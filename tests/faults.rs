@@ -78,7 +78,7 @@ fn every_case_fails_against_the_fault_that_breaks_its_rule() {
     // `ID  Level Tier spec — title`: the spec runs up to the em dash.
     let cases: BTreeMap<String, String> = text
         .lines()
-        .filter(|l| !l.starts_with("MGR-"))
+        .filter(|l| !["MGR-", "SVC-", "CLI-"].iter().any(|p| l.starts_with(p)))
         .filter_map(|l| {
             let (id, rest) = l.split_once(' ')?;
             let spec = rest.split_once("protocol.md")?.1.split('—').next()?.trim();
@@ -198,4 +198,118 @@ fn every_manager_case_fails_against_the_manager_breaking_its_rule() {
         missed.is_empty(),
         "manager cases no fault made fail: {missed:?}"
     );
+}
+
+/// Client fault (`mock-client --fault`) -> the client cases it must make fail.
+const CLIENT_FAULTS: &[(&str, &[&str])] = &[
+    (
+        "wrong-role",
+        &[
+            "CLI-001", "CLI-002", "CLI-003", "CLI-004", "CLI-005", "CLI-006",
+        ],
+    ),
+    ("no-status-request", &["CLI-001", "CLI-002", "CLI-003"]),
+    ("no-reconnect", &["CLI-003"]),
+    ("close-on-broadcast", &["CLI-004", "CLI-005"]),
+    ("unbounded-wait", &["CLI-006"]),
+];
+
+/// Runs `conform` with `args` (strict grading, JSON) and returns each
+/// case's grade and message.
+#[allow(clippy::unwrap_used)]
+fn graded(args: &[&str], ids: &[&str]) -> BTreeMap<String, (String, String)> {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("conform")
+        .args(args)
+        .args(["--level", "should", "--format", "json", "--jobs", "2"]);
+    for id in ids {
+        cmd.args(["--only", id]);
+    }
+    let out = cmd.output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| {
+            (
+                case["id"].as_str().unwrap().to_owned(),
+                (
+                    case["grade"].as_str().unwrap().to_owned(),
+                    case["message"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The same for clients (protocol.md §8.8): the mock client breaks one [C]
+/// rule on request, and every client case fails against a client breaking
+/// its rule.
+#[test]
+fn every_client_case_fails_against_the_client_breaking_its_rule() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut caught = BTreeSet::new();
+    for (fault, ids) in CLIENT_FAULTS {
+        let client = format!(
+            "{BIN} mock-client --socket {{socket}} --reply-timeout-ms 2000 --fault {fault}"
+        );
+        let grades = graded(&["--client-cmd", &client], ids);
+        assert_eq!(grades.len(), ids.len(), "{fault}: {grades:?}");
+        for (id, (grade, message)) in grades {
+            assert_eq!(
+                grade, "fail",
+                "{id} was not failed by --fault {fault}: {message}"
+            );
+            caught.insert(id);
+        }
+    }
+    let list = Command::new(BIN)
+        .args(["conform", "--list"])
+        .output()
+        .unwrap();
+    let all: BTreeSet<String> = String::from_utf8(list.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|id| id.starts_with("CLI-"))
+        .map(str::to_owned)
+        .collect();
+    assert!(all.len() >= 5, "{all:?}");
+    let missed: Vec<&String> = all.difference(&caught).collect();
+    assert!(
+        missed.is_empty(),
+        "client cases no fault made fail: {missed:?}"
+    );
+}
+
+/// Scripted service (`tests/fixtures/fake-service/NAME.json`, played by
+/// `codervpn fake-service`) -> the service cases it must fail, and the rule
+/// the failure must name.
+const FAKE_SERVICES: &[(&str, &str, &str)] = &[
+    ("wrong-role", "SVC-001", "(E-ROLE)"),
+    ("started-at-first", "SVC-002", "\"STOPPED\""),
+    ("finalizing-first", "SVC-003", "§8.6 item 3"),
+    ("finalizing-first", "SVC-004", "§8.6 item 3"),
+    ("reply-before-started", "SVC-003", "§8.6 item 4"),
+    ("stop-reply-first", "SVC-006", "§8.6 item 4"),
+];
+
+/// Service cases fail against a service that breaks their rule: a fake
+/// service scripted with the engine itself plays the broken behaviour.
+#[test]
+fn service_cases_fail_against_a_service_breaking_their_rule() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-service");
+    for (fake, id, why) in FAKE_SERVICES {
+        let service =
+            format!("{BIN} fake-service --socket {{socket}} --transcript {fixtures}/{fake}.json");
+        let grades = graded(&["--service-cmd", &service], &[id]);
+        let Some((grade, message)) = grades.get(*id) else {
+            panic!("{id} did not run against {fake}: {grades:?}");
+        };
+        assert_eq!(grade, "fail", "{id} was not failed by {fake}: {message}");
+        assert!(message.contains(why), "{id} against {fake}: {message}");
+    }
 }

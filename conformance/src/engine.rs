@@ -9,6 +9,8 @@
 //! keeps handling the stream, and while it waits for a message, packets
 //! queue.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,12 +22,14 @@ use codervpn_proto::json::{json_to_payload, payload_to_json};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::checks;
 use crate::matcher::Bindings;
 use crate::packet::{self, PacketPattern, pattern};
+use crate::service_watch::ServiceWatch;
 use crate::target::Stream;
 use crate::transcript::{
     Answer, Direction, Event, Expectation, Recorded, RecordedItem, Transcript,
@@ -223,13 +227,28 @@ pub async fn run<S: Side>(
     token: &str,
     tun: Option<TunPort>,
 ) -> Outcome {
+    run_with::<S>(case, stream, mock, token, tun, None).await
+}
+
+/// Gives the harness its next link to the peer: for a service under test a
+/// fresh connection to its socket, for a client under test the client's
+/// next connection to ours (protocol.md §8.1). The engine bounds each wait.
+pub type Connector =
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<Stream, String>> + Send>> + Send>;
+
+/// [`run`], with `connector` for the link events (`reconnect`, `connect`)
+/// of client/service cases.
+pub async fn run_with<S: Side>(
+    case: &Transcript,
+    stream: Stream,
+    mock: Option<&MockCoder>,
+    token: &str,
+    tun: Option<TunPort>,
+    connector: Option<Connector>,
+) -> Outcome {
     let started = Instant::now();
     let log: Log = Arc::default();
-    let (reader, writer) = stream;
-    let (in_tx, in_rx) = mpsc::unbounded_channel();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let reading = tokio::spawn(read_loop(reader, in_tx));
-    let writing = tokio::spawn(write_loop(writer, out_rx, log.clone(), started));
+    let link = Link::open(stream, &log, started);
     let (tun_writer, packets) = match tun {
         Some(port) => {
             let log = log.clone();
@@ -256,13 +275,14 @@ pub async fn run<S: Side>(
     let mut run = Run::<S> {
         case,
         bindings,
-        incoming: in_rx,
-        out: out_tx,
+        link,
+        link_name: MAIN_LINK.to_owned(),
+        others: Vec::new(),
+        connector,
         log: log.clone(),
         started,
         warnings: Vec::new(),
         mock,
-        closed: false,
         step: 0,
         tun_writer,
         packets,
@@ -285,24 +305,68 @@ pub async fn run<S: Side>(
         Ok(Ok(())) if run.warnings.is_empty() => Verdict::Pass,
         Ok(Ok(())) => Verdict::Warn(run.warnings.join("; ")),
     };
-    drop(run);
-    reading.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(1), writing).await;
+    let mut links = vec![run.link];
+    links.extend(run.others.into_iter().map(|(_, link)| link));
+    for link in links {
+        link.shut().await;
+    }
     let recorded = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
     Outcome { verdict, recorded }
+}
+
+/// The name of the first link (`switch` names it).
+pub const MAIN_LINK: &str = "main";
+
+/// One stream to the peer: its reader and writer tasks, and what the
+/// harness has learnt about it.
+struct Link {
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    out: mpsc::UnboundedSender<Write>,
+    /// The peer's EOF has been seen.
+    closed: bool,
+    reading: JoinHandle<()>,
+    writing: JoinHandle<()>,
+    /// The service's order rules (§8.6), when the harness is a client.
+    watch: ServiceWatch,
+}
+
+impl Link {
+    fn open(stream: Stream, log: &Log, started: Instant) -> Link {
+        let (reader, writer) = stream;
+        let (in_tx, incoming) = mpsc::unbounded_channel();
+        let (out, out_rx) = mpsc::unbounded_channel();
+        Link {
+            incoming,
+            out,
+            closed: false,
+            reading: tokio::spawn(read_loop(reader, in_tx)),
+            writing: tokio::spawn(write_loop(writer, out_rx, log.clone(), started)),
+            watch: ServiceWatch::default(),
+        }
+    }
+
+    /// Closes our side (bounded): the peer reads EOF.
+    async fn shut(self) {
+        self.reading.abort();
+        let _ = self.out.send(Write::Close);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writing).await;
+    }
 }
 
 struct Run<'a, S: Side> {
     case: &'a Transcript,
     bindings: Bindings,
-    incoming: mpsc::UnboundedReceiver<Incoming>,
-    out: mpsc::UnboundedSender<Write>,
+    /// The current link to the peer.
+    link: Link,
+    link_name: String,
+    /// The other open links, by name.
+    others: Vec<(String, Link)>,
+    /// Where further links come from (client/service cases).
+    connector: Option<Connector>,
     log: Log,
     started: Instant,
     warnings: Vec<String>,
     mock: Option<&'a MockCoder>,
-    /// The peer's EOF has been seen.
-    closed: bool,
     /// The step being run (1-based), for reports of a stalled case.
     step: usize,
     /// Writes packets to the tun (dataplane tier).
@@ -337,7 +401,7 @@ impl<S: Side> Run<'_, S> {
     }
 
     fn send_bytes(&mut self, bytes: Vec<u8>, slowly: bool) {
-        let _ = self.out.send(if slowly {
+        let _ = self.link.out.send(if slowly {
             Write::Slowly(bytes)
         } else {
             Write::Bytes(bytes)
@@ -412,6 +476,9 @@ impl<S: Side> Run<'_, S> {
                     Direction::Sent,
                     RecordedItem::Message(redact(&msg)),
                 );
+                if S::ROLE == Role::Client {
+                    self.link.watch.sent(&msg);
+                }
                 self.send_bytes(frame.to_vec(), false);
                 Ok(())
             }
@@ -456,7 +523,7 @@ impl<S: Side> Run<'_, S> {
             Event::ExpectNothing { for_ms } => self.wait_quiet(*for_ms, false).await,
             Event::Sleep { ms } => self.wait_quiet(*ms, true).await,
             Event::CloseWrite => {
-                let _ = self.out.send(Write::Close);
+                let _ = self.link.out.send(Write::Close);
                 Ok(())
             }
             Event::Control(action) => {
@@ -482,7 +549,62 @@ impl<S: Side> Run<'_, S> {
             Event::ExpectNoPacket { packet, for_ms } => {
                 self.expect_no_packet(packet, *for_ms).await
             }
+            Event::Reconnect { within_ms } => {
+                // Close first: a client under test comes back only after
+                // it has seen the link end.
+                self.link.reading.abort();
+                let _ = self.link.out.send(Write::Close);
+                self.link.closed = true;
+                record(&self.log, self.started, Direction::Sent, RecordedItem::Eof);
+                let link = self.next_link(*within_ms).await?;
+                let old = std::mem::replace(&mut self.link, link);
+                old.shut().await;
+                Ok(())
+            }
+            Event::Connect { name, within_ms } => {
+                if *name == self.link_name || self.others.iter().any(|(n, _)| n == name) {
+                    return Err(format!("bad case: a link named {name:?} is already open"));
+                }
+                let link = self.next_link(*within_ms).await?;
+                let old = std::mem::replace(&mut self.link, link);
+                let old_name = std::mem::replace(&mut self.link_name, name.clone());
+                self.others.push((old_name, old));
+                Ok(())
+            }
+            Event::Switch(name) => {
+                if *name == self.link_name {
+                    return Ok(());
+                }
+                let index = self
+                    .others
+                    .iter()
+                    .position(|(n, _)| n == name)
+                    .ok_or_else(|| format!("bad case: no link named {name:?}"))?;
+                let (name, link) = self.others.remove(index);
+                let old = std::mem::replace(&mut self.link, link);
+                let old_name = std::mem::replace(&mut self.link_name, name);
+                self.others.push((old_name, old));
+                Ok(())
+            }
         }
+    }
+
+    /// The next link from the connector, within `within_ms`.
+    async fn next_link(&mut self, within_ms: u64) -> Result<Link, String> {
+        let connector = self
+            .connector
+            .as_mut()
+            .ok_or("bad case: links are only for targets service and client")?;
+        let stream = tokio::time::timeout(Duration::from_millis(within_ms), connector())
+            .await
+            .map_err(|_| {
+                format!(
+                    "{}: no new connection within {within_ms} ms (stalled)",
+                    self.case.spec
+                )
+            })?
+            .map_err(|e| format!("{}: {e}", self.case.spec))?;
+        Ok(Link::open(stream, &self.log, self.started))
     }
 
     /// Resolves, builds, records and writes one packet.
@@ -653,14 +775,14 @@ impl<S: Side> Run<'_, S> {
 
     /// The next message (recorded, checked) or packet, or the deadline.
     async fn arrival(&mut self, deadline: TokioInstant) -> Result<Arrival, String> {
-        if self.closed {
+        if self.link.closed {
             return Err("the peer had already closed the stream".into());
         }
         let Some(packets) = self.packets.as_mut() else {
             return Err("this case needs the tun descriptor (tier dataplane)".into());
         };
         let next = tokio::select! {
-            incoming = self.incoming.recv() => Ok(incoming),
+            incoming = self.link.incoming.recv() => Ok(incoming),
             packet = packets.recv() => Err(packet),
             () = tokio::time::sleep_until(deadline) => return Ok(Arrival::Timeout),
         };
@@ -783,7 +905,7 @@ impl<S: Side> Run<'_, S> {
     }
 
     async fn next(&mut self, deadline: TokioInstant) -> Option<Incoming> {
-        tokio::time::timeout_at(deadline, self.incoming.recv())
+        tokio::time::timeout_at(deadline, self.link.incoming.recv())
             .await
             .ok()
             .flatten()
@@ -821,7 +943,7 @@ impl<S: Side> Run<'_, S> {
     /// The next message as JSON, recorded and checked; `Err` on EOF,
     /// a stream error, or a timeout (`Ok(None)`).
     async fn next_message(&mut self, deadline: TokioInstant) -> Result<Option<Value>, String> {
-        if self.closed {
+        if self.link.closed {
             return Err("the peer had already closed the stream".into());
         }
         match self.next(deadline).await {
@@ -864,6 +986,9 @@ impl<S: Side> Run<'_, S> {
                     checks::peer_update(update, is_reply)
                         .map_err(|e| format!("protocol.md §6.7: {e}"))?;
                 }
+                if S::ROLE == Role::Client {
+                    self.link.watch.received(&msg)?;
+                }
                 // The tunnel's own /128 (§6.10 router kind) for packets.
                 if let Some(addr) = msg
                     .pointer("/networkSettings/ipv6Settings/addrs/0")
@@ -884,7 +1009,7 @@ impl<S: Side> Run<'_, S> {
     fn stream_ended(&mut self, error: Option<String>) -> String {
         match error {
             None => {
-                self.closed = true;
+                self.link.closed = true;
                 record(
                     &self.log,
                     self.started,
@@ -928,6 +1053,14 @@ impl<S: Side> Run<'_, S> {
                 (Some(_), Some(id)) => Background::Answer(id),
                 _ => Background::No,
             },
+            // Status and StartProgress broadcasts reach every client at any
+            // time (§8.2, §8.7); the watch checks their order.
+            Role::Client
+                if one_way
+                    && (msg.get("status").is_some() || msg.get("startProgress").is_some()) =>
+            {
+                Background::Yes
+            }
             _ => Background::No,
         }
     }
@@ -952,7 +1085,7 @@ impl<S: Side> Run<'_, S> {
         {
             return;
         }
-        let out = self.out.clone();
+        let out = self.link.out.clone();
         let log = self.log.clone();
         let started = self.started;
         let send = move || {
@@ -974,7 +1107,7 @@ impl<S: Side> Run<'_, S> {
     async fn expect_eof(&mut self, within_ms: u64, allow_background: bool) -> Result<(), String> {
         let deadline = TokioInstant::now() + Duration::from_millis(within_ms);
         loop {
-            if self.closed {
+            if self.link.closed {
                 return Ok(());
             }
             match self.next_message(deadline).await {
@@ -994,7 +1127,7 @@ impl<S: Side> Run<'_, S> {
                 Ok(Some(msg)) => {
                     return Err(format!("{}: expected EOF, got a frame: {msg}", self.rule()));
                 }
-                Err(_) if self.closed => return Ok(()),
+                Err(_) if self.link.closed => return Ok(()),
                 Err(why) => return Err(format!("{}: expected EOF, but {why}", self.rule())),
             }
         }
@@ -1006,7 +1139,7 @@ impl<S: Side> Run<'_, S> {
     async fn wait_quiet(&mut self, ms: u64, eof_ok: bool) -> Result<(), String> {
         let deadline = TokioInstant::now() + Duration::from_millis(ms);
         loop {
-            if self.closed && eof_ok {
+            if self.link.closed && eof_ok {
                 tokio::time::sleep_until(deadline).await;
                 return Ok(());
             }
@@ -1019,7 +1152,7 @@ impl<S: Side> Run<'_, S> {
                         return Err(format!("{}: expected nothing, got {msg}", self.rule()));
                     }
                 },
-                Err(_) if self.closed && eof_ok => {}
+                Err(_) if self.link.closed && eof_ok => {}
                 Err(why) => {
                     return Err(format!(
                         "{}: expected the stream to stay open and quiet, but {why}",
@@ -1057,5 +1190,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::SendPacket(_) => "send_packet",
         Event::ExpectPacket { .. } => "expect_packet",
         Event::ExpectNoPacket { .. } => "expect_no_packet",
+        Event::Reconnect { .. } => "reconnect",
+        Event::Connect { .. } => "connect",
+        Event::Switch(_) => "switch",
     }
 }

@@ -4,22 +4,29 @@
 //! running a case over its raw stream ([`engine`]), selecting and grading
 //! ([`runner`]) and the checks every PeerUpdate gets ([`checks`]); packets
 //! on the tun for the dataplane tier ([`packet`], [`tun`]); a real TUN
-//! device for the mock manager ([`os_tun`]).
+//! device for the mock manager ([`os_tun`]); the mock Windows service
+//! ([`mock_service`]); the Windows client/service cases ([`link_side`],
+//! the order checks every service message gets in [`service_watch`]) and
+//! the mock client ([`mock_client`]).
 
 pub mod catalogue;
 pub mod checks;
 pub mod engine;
 pub mod expect_fail;
 pub mod faulty;
+pub mod link_side;
 pub mod manager_side;
 pub mod matcher;
+pub mod mock_client;
 pub mod mock_manager;
+pub mod mock_service;
 pub mod mock_tunnel;
 pub mod os_tun;
 pub mod packet;
 pub mod replay;
 pub mod report;
 pub mod runner;
+pub mod service_watch;
 pub mod target;
 pub mod transcript;
 pub mod tun;

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::engine::{self, Verdict};
+use crate::link_side::SocketLaunch;
 use crate::manager_side::ManagerLaunch;
 use crate::target::{Launch, LaunchError};
 use crate::transcript::{Level, Target, Tier, Transcript};
@@ -38,6 +39,10 @@ pub struct Options {
     pub manager: Option<ManagerLaunch>,
     /// How packets are framed on the tunnel's tun descriptor (§9.5).
     pub tun_framing: Framing,
+    /// The Windows service under test, for service cases (§8).
+    pub service: Option<SocketLaunch>,
+    /// The Windows client under test, for client cases (§8).
+    pub client: Option<SocketLaunch>,
 }
 
 /// The grade of one case.
@@ -74,6 +79,8 @@ pub fn selected(case: &Transcript, options: &Options) -> bool {
     let has_target = match case.target {
         Target::Tunnel => options.launch.is_some(),
         Target::Manager => options.manager.is_some(),
+        Target::Service => options.service.is_some(),
+        Target::Client => options.client.is_some(),
     };
     has_target
         && case.tier <= options.tier
@@ -97,6 +104,14 @@ pub async fn run_with_progress(
     }
     if let Some(manager) = &options.manager {
         manager.check().map_err(LaunchError::Manager)?;
+    }
+    if let Some(service) = &options.service {
+        service
+            .check("--service-cmd")
+            .map_err(LaunchError::Manager)?;
+    }
+    if let Some(client) = &options.client {
+        client.check("--client-cmd").map_err(LaunchError::Manager)?;
     }
     let chosen: Vec<&Transcript> = cases.iter().filter(|c| selected(c, options)).collect();
     let mut running = futures_util::stream::iter(chosen)
@@ -165,6 +180,41 @@ async fn run_one(case: &Transcript, options: &Options) -> CaseResult {
     } else {
         None
     };
+    if matches!(case.target, Target::Service | Target::Client) {
+        let launch = match case.target {
+            Target::Service => options.service.as_ref(),
+            _ => options.client.as_ref(),
+        };
+        let Some(launch) = launch else {
+            return result(
+                Grade::Error,
+                "nothing to test for this target".into(),
+                case.clone(),
+                String::new(),
+            );
+        };
+        let side = crate::link_side::run_case(&case, launch, mock.as_ref(), SUITE_TOKEN).await;
+        if let Some(mock) = mock {
+            let _ = tokio::time::timeout(Duration::from_secs(3), mock.shutdown()).await;
+        }
+        if let Some(why) = side.setup_error {
+            return result(Grade::Error, why, case.clone(), String::new());
+        }
+        let mut transcript = case.clone();
+        transcript.recorded = side.outcome.recorded;
+        let died = side
+            .exit
+            .filter(|s| !s.success())
+            .map(|s| format!(" (the process crashed: {s})"))
+            .unwrap_or_default();
+        let (grade, message) = grade(&case, options, side.outcome.verdict, &died);
+        let stderr = if grade == Grade::Pass {
+            String::new()
+        } else {
+            plain_text(&side.stderr)
+        };
+        return result(grade, message, transcript, stderr);
+    }
     let extra = if options.builtin {
         case.tunnel_args.clone()
     } else {

@@ -167,24 +167,31 @@ impl Launch {
                 (child, (Box::new(stdout), Box::new(stdin)))
             }
         };
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        if let Some(mut pipe) = child.stderr.take() {
-            let keep = stderr.clone();
-            tokio::spawn(async move {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut kept = keep.lock().unwrap_or_else(|p| p.into_inner());
-                    kept.extend_from_slice(&chunk[..n]);
-                    let excess = kept.len().saturating_sub(STDERR_KEEP);
-                    kept.drain(..excess);
-                }
-            });
-        }
+        let stderr = keep_stderr(&mut child);
         Ok((Running { child, tun, stderr }, stream))
     }
+}
+
+/// Keeps the last [`STDERR_KEEP`] bytes the child writes on its (piped)
+/// stderr, for failure reports.
+pub fn keep_stderr(child: &mut Child) -> Arc<Mutex<Vec<u8>>> {
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    if let Some(mut pipe) = child.stderr.take() {
+        let keep = stderr.clone();
+        tokio::spawn(async move {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = keep.lock().unwrap_or_else(|p| p.into_inner());
+                kept.extend_from_slice(&chunk[..n]);
+                let excess = kept.len().saturating_sub(STDERR_KEEP);
+                kept.drain(..excess);
+            }
+        });
+    }
+    stderr
 }
 
 impl Running {

@@ -12,13 +12,20 @@ use serde_json::Value;
 
 pub use crate::packet::{Packet, PacketPattern};
 
-/// Which side the implementation under test plays.
+/// Which side the implementation under test plays; the harness plays its
+/// peer (protocol.md §1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
+    /// The harness is the manager.
     #[default]
     Tunnel,
+    /// The manager under test launches the harness's mock tunnel.
     Manager,
+    /// A Windows service (§8): the harness connects as a client.
+    Service,
+    /// A Windows client (§8): the harness listens as the service.
+    Client,
 }
 
 /// What a case needs besides the protocol itself. Each tier includes the
@@ -179,6 +186,23 @@ pub enum Event {
         packet: PacketPattern,
         for_ms: u64,
     },
+    /// Close the current link and take the next one (targets `service` and
+    /// `client`): as a client, connect to the service again; as the
+    /// service, wait for the client under test to come back (§8.8 item 1).
+    Reconnect {
+        #[serde(default = "default_wait")]
+        within_ms: u64,
+    },
+    /// Open one more link, named `name`, and make it the current one
+    /// (targets `service` and `client`): several clients of one service
+    /// (§8.7). The first link is named `main`.
+    Connect {
+        name: String,
+        #[serde(default = "default_wait")]
+        within_ms: u64,
+    },
+    /// Make the link named `name` the current one; later events act on it.
+    Switch(String),
 }
 
 fn default_wait() -> u64 {

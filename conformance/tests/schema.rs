@@ -343,6 +343,12 @@ fn every_event() -> Vec<Event> {
         },
         Event::ExpectNothing { for_ms: 100 },
         Event::Sleep { ms: 10 },
+        Event::Reconnect { within_ms: 10000 },
+        Event::Connect {
+            name: "other".into(),
+            within_ms: 5000,
+        },
+        Event::Switch("main".into()),
         Event::CloseWrite,
         Event::Control(json!({"action": "drop_streams", "reconnect_after_ms": 200})),
         Event::ExpectPacket {
@@ -397,7 +403,10 @@ fn every_event() -> Vec<Event> {
             | Event::Control(_)
             | Event::SendPacket(_)
             | Event::ExpectPacket { .. }
-            | Event::ExpectNoPacket { .. } => {}
+            | Event::ExpectNoPacket { .. }
+            | Event::Reconnect { .. }
+            | Event::Connect { .. }
+            | Event::Switch(_) => {}
         }
     }
     all

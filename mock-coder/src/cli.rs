@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::{MockCoder, MockConfig, MockError, Scenario};
+use crate::{DownloadConfig, MockCoder, MockConfig, MockError, Scenario};
 
 /// The token the mock accepts when `--token` is not given.
 pub const DEFAULT_TOKEN: &str = "codervpn-mock-token";
@@ -28,6 +28,16 @@ pub struct MockCoderArgs {
     /// on a free port); their published endpoints carry it.
     #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
     pub agent_bind: IpAddr,
+    /// Size in bytes of every binary served at `/bin/{name}` (§9.2).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::download::DEFAULT_DOWNLOAD_SIZE,
+          value_parser = clap::value_parser!(u64).range(0..=crate::download::MAX_DOWNLOAD_SIZE))]
+    pub download_size: u64,
+    /// Pace of `/bin/{name}` in bytes per second; 0 means unpaced.
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = crate::download::DEFAULT_DOWNLOAD_RATE)]
+    pub download_rate: u64,
+    /// Serve `/bin/{name}` without Content-Length (total unknown).
+    #[arg(long)]
+    pub download_no_length: bool,
 }
 
 /// Starts the mock, prints its base URL as the first line of standard
@@ -42,6 +52,11 @@ pub async fn run(args: MockCoderArgs) -> Result<(), MockError> {
         token: args.token,
         scenario,
         agent_bind_ip: args.agent_bind,
+        download: DownloadConfig {
+            size: args.download_size,
+            rate: args.download_rate,
+            omit_length: args.download_no_length,
+        },
     })
     .await?;
     {

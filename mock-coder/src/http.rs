@@ -1,4 +1,5 @@
-//! The HTTP side: Coder's endpoints (protocol.md §9.1, §9.2), the record
+//! The HTTP side: Coder's endpoints (protocol.md §9.1, §9.2, the binary
+//! download in [`crate::download`]), the record
 //! and fault layer around every request, JSON errors everywhere.
 //!
 //! Coder answers every error with an `ApiError` JSON body (`message`, and
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use codervpn_reference_tunnel::control::api::{self, ApiError, BuildInfo};
 
+use crate::download;
 use crate::faults::Outcome;
 use crate::record::{RecordedRequest, redact_headers};
 use crate::shared::Shared;
@@ -42,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(api::USER_PATH, get(user))
         .route(api::CONNECTION_PATH, get(connection))
         .route(api::STREAM_PATH, get(stream::dial))
+        .route(download::DOWNLOAD_ROUTE, get(download::download))
         .route(REQUESTS_PATH, get(requests))
         .route(AGENTS_PATH, get(agents))
         .route(NODES_PATH, get(nodes))

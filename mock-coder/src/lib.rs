@@ -12,6 +12,8 @@
 //! * `faults`: failed, delayed, corrupted responses; refused dials.
 //! * [`record`]: the request record and header redaction.
 //! * `http`, `stream`: the server's endpoints and the coordination stream.
+//! * [`download`]: `GET /bin/{name}`, the daemon binary a manager fetches
+//!   (§9.2), paced, with ETag and `304`.
 //! * `timeline`: runs the scenario's steps on the tokio clock.
 //! * [`agents`]: the embedded mock agents, real WireGuard peers behind every
 //!   online agent, answering ping, UDP and TCP echo on its addresses.
@@ -36,6 +38,7 @@
 
 pub mod agents;
 pub mod cli;
+pub mod download;
 mod error;
 mod faults;
 mod http;
@@ -58,6 +61,7 @@ use tokio::time::Instant;
 
 pub use agents::responder::SPOOFED_SOURCE;
 pub use agents::stats::{AgentStats, DropCounts, PeerStats};
+pub use download::DownloadConfig;
 pub use error::{MockError, ScenarioError};
 pub use http::{AGENTS_PATH, NODES_PATH, REQUESTS_PATH};
 pub use record::{RecordedRequest, fingerprint};
@@ -84,6 +88,8 @@ pub struct MockConfig {
     /// The address embedded agents bind their UDP sockets to (port 0), and
     /// so the address their published endpoints carry.
     pub agent_bind_ip: IpAddr,
+    /// What `GET /bin/{name}` serves (size, pace, length header).
+    pub download: DownloadConfig,
 }
 
 /// Where embedded agents listen unless told otherwise.
@@ -91,13 +97,14 @@ pub const DEFAULT_AGENT_BIND_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 impl Default for MockConfig {
     /// `127.0.0.1:0`, the CLI's default token, the demo scenario, agents on
-    /// `127.0.0.1`.
+    /// `127.0.0.1`, 4 MiB binaries at 6 MiB/s.
     fn default() -> MockConfig {
         MockConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             token: cli::DEFAULT_TOKEN.to_owned(),
             scenario: Scenario::demo(),
             agent_bind_ip: DEFAULT_AGENT_BIND_IP,
+            download: DownloadConfig::default(),
         }
     }
 }
@@ -122,6 +129,7 @@ impl MockCoder {
             token,
             scenario,
             agent_bind_ip,
+            download,
         } = config;
         scenario.validate()?;
         let agents = Agents::new(agent_bind_ip);
@@ -142,7 +150,13 @@ impl MockCoder {
                 source,
             })?;
         let addr = listener.local_addr()?;
-        let (shared, streams_gone) = Shared::new(token, &scenario, state, agents);
+        let (shared, streams_gone) = Shared::new(
+            token,
+            &scenario,
+            state,
+            agents,
+            download::Downloads::new(download),
+        );
         let shared = Arc::new(shared);
         let start = Instant::now();
 

@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::agents::Agents;
+use crate::download::Downloads;
 use crate::faults::{Faults, Plan};
 use crate::record::{RecordedRequest, Recorder};
 use crate::scenario::{Action, Scenario};
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     /// The embedded agents; published nodes come from here.
     pub(crate) agents: Agents,
+    /// What `/bin/{name}` serves (§9.2).
+    pub(crate) downloads: Downloads,
     /// Each open stream holds a clone; shutdown takes this one and waits for
     /// the clones to go, i.e. for the streams to end.
     stream_guard: Mutex<Option<mpsc::Sender<()>>>,
@@ -67,6 +70,7 @@ impl Shared {
         scenario: &Scenario,
         state: State,
         agents: Agents,
+        downloads: Downloads,
     ) -> (Shared, mpsc::Receiver<()>) {
         let (guard, guard_rx) = mpsc::channel(1);
         let shared = Shared {
@@ -85,6 +89,7 @@ impl Shared {
             shutdown: watch::channel(false).0,
             stream_guard: Mutex::new(Some(guard)),
             agents,
+            downloads,
         };
         (shared, guard_rx)
     }

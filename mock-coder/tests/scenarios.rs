@@ -167,6 +167,9 @@ async fn cli_reports_a_bad_scenario_file_with_its_name_and_line() {
         scenario: Some(path),
         token: cli::DEFAULT_TOKEN.into(),
         agent_bind: "127.0.0.1".parse().unwrap(),
+        download_size: 0,
+        download_rate: 0,
+        download_no_length: false,
     })
     .await
     .unwrap_err()
@@ -192,6 +195,9 @@ fn cli_arguments_have_the_documented_defaults() {
     assert_eq!(parsed.token, cli::DEFAULT_TOKEN);
     assert!(parsed.scenario.is_none());
     assert_eq!(parsed.agent_bind.to_string(), "127.0.0.1");
+    assert_eq!(parsed.download_size, 4 * 1024 * 1024);
+    assert_eq!(parsed.download_rate, 6 * 1024 * 1024);
+    assert!(!parsed.download_no_length);
     let parsed = Wrapper::try_parse_from([
         "mock-coder",
         "--listen",

@@ -111,6 +111,9 @@ struct Engine {
     /// The tunnel's own address, source of its pings and DNS answers' peer.
     address: Ipv6Addr,
     socket: UdpSocket,
+    /// Whether `socket` is IPv6 (IPv4 endpoints then go as mapped
+    /// addresses); known once, not asked of the kernel per packet.
+    socket_is_v6: bool,
     device: Option<PacketDevice>,
     peers: RwLock<Arc<PeerTable>>,
     hosts: RwLock<Arc<HostTable>>,
@@ -141,6 +144,7 @@ impl Dataplane {
         config: DataplaneConfig,
     ) -> std::io::Result<Dataplane> {
         let socket = bind(config.listen_port)?;
+        let socket_is_v6 = socket.local_addr()?.is_ipv6();
         let secret = keys::generate();
         let public = PublicKey::from(&secret);
         let mut seed = [0u8; 6];
@@ -151,6 +155,7 @@ impl Dataplane {
             public,
             address,
             socket,
+            socket_is_v6,
             device,
             peers: RwLock::default(),
             hosts: RwLock::default(),
@@ -288,8 +293,8 @@ impl Engine {
 
     /// An endpoint in the socket's address family.
     fn socket_addr(&self, addr: SocketAddr) -> SocketAddr {
-        match (addr, self.socket.local_addr()) {
-            (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+        match addr {
+            SocketAddr::V4(v4) if self.socket_is_v6 => {
                 SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
             }
             _ => addr,
