@@ -21,7 +21,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sha1::{Digest, Sha1};
 use tokio::time::Instant;
 
 use crate::http::api_error;
@@ -104,7 +103,8 @@ impl Downloads {
 
 /// The lowercase hex SHA-1 of `bytes` (the ETag without its quotes).
 pub fn sha1_hex(bytes: &[u8]) -> String {
-    Sha1::digest(bytes)
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, bytes)
+        .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use codervpn_mock_coder::download::sha1_hex;
 use codervpn_proto::vpn::{StartProgressDownloadProgress, StartProgressStage};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, ETAG, IF_NONE_MATCH};
-use sha1::{Digest, Sha1};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
@@ -55,13 +55,6 @@ pub enum Fetched {
     NotModified(PathBuf),
     /// A new file of this many bytes.
     Downloaded { path: PathBuf, bytes: u64 },
-}
-
-fn sha1_hex(bytes: &[u8]) -> String {
-    Sha1::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl Downloads {
@@ -192,7 +185,7 @@ impl Downloads {
             );
         };
         let body = async {
-            let mut hasher = Sha1::new();
+            let mut hasher = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
             loop {
                 let chunk = tokio::time::timeout(IDLE_TIMEOUT, response.chunk())
                     .await
@@ -208,7 +201,7 @@ impl Downloads {
             file.flush()
                 .await
                 .map_err(|err| format!("cannot write {}: {err}", partial.display()))?;
-            Ok::<_, String>(hasher.finalize())
+            Ok::<_, String>(hasher.finish())
         };
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
         tokio::pin!(body);
@@ -225,7 +218,7 @@ impl Downloads {
             {
                 return Err(format!("got {bytes} bytes of {expected}"));
             }
-            let got: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            let got: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
             match &etag {
                 Some(etag) if *etag != got => {
                     Err(format!("SHA-1 {got} does not match the ETag {etag}"))
