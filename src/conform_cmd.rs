@@ -79,8 +79,9 @@ pub struct ConformArgs {
     /// Cases run at once.
     #[arg(long, default_value_t = 2, value_parser = parse_jobs)]
     jobs: usize,
-    /// Bound on each case, overriding the case's own.
-    #[arg(long)]
+    /// Bound on each case, overriding the case's own. At least 1: a zero
+    /// bound would fail every case and blame the implementation for it.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     /// Packet framing on the tunnel's tun descriptor (dataplane tier):
     /// `raw` IP packets, or `utun`, the macOS 4-byte address family before

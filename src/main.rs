@@ -112,6 +112,11 @@ fn parse_role(text: &str) -> Result<Role, String> {
 
 fn open_input(file: Option<&PathBuf>) -> anyhow::Result<Box<dyn Read>> {
     Ok(match file {
+        // Opening a directory succeeds; reading it fails later with an
+        // error that no longer names the path.
+        Some(path) if path.is_dir() => {
+            anyhow::bail!("cannot open {}: it is a directory", path.display())
+        }
         Some(path) => Box::new(
             std::fs::File::open(path)
                 .map_err(|err| anyhow::anyhow!("cannot open {}: {err}", path.display()))?,
@@ -166,13 +171,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime every async subcommand runs on; failing to start one is
+/// reported once, here.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|err| {
+        eprintln!("error: cannot start the runtime: {err}");
+        ExitCode::FAILURE
+    })
+}
+
 fn mock_coder(args: codervpn_mock_coder::cli::MockCoderArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match crate::runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(codervpn_mock_coder::cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,13 +71,6 @@ pub struct MockManagerArgs {
     fault: Option<String>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Runtime::new().map_err(|err| {
-        eprintln!("error: cannot start the runtime: {err}");
-        ExitCode::FAILURE
-    })
-}
-
 pub fn mock_tunnel(args: MockTunnelArgs) -> ExitCode {
     if !(args.rest.is_empty() || args.rest == ["vpn-daemon", "run"]) {
         eprintln!("error: unexpected arguments {:?}", args.rest);
@@ -90,7 +83,7 @@ pub fn mock_tunnel(args: MockTunnelArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match runtime() {
+    let runtime = match crate::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -135,7 +128,7 @@ pub fn mock_manager(args: MockManagerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match runtime() {
+    let runtime = match crate::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -255,7 +248,7 @@ pub fn mock_service(args: MockServiceArgs) -> ExitCode {
         download_path: args.download_path,
         lock_wait: Duration::from_millis(args.lock_wait_ms),
     };
-    let runtime = match runtime() {
+    let runtime = match crate::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -332,10 +325,15 @@ pub fn faulty_tunnel(args: FaultyTunnelArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let runtime = match runtime() {
+    let runtime = match crate::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
+    // Half a pair must not fall back to stdio silently.
+    if let Err(err) = args.fds.pair() {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
     runtime.block_on(async move {
         let outer = args.fds.open();
         let outer = match outer {

@@ -67,13 +67,54 @@ enum Write {
     Close,
 }
 
-type Log = Arc<Mutex<Vec<Recorded>>>;
+/// What a case recorded, and how much.
+#[derive(Default)]
+struct Recording {
+    entries: Vec<Recorded>,
+    /// Approximate size of `entries` as JSON.
+    bytes: usize,
+    truncated: bool,
+}
+
+type Log = Arc<Mutex<Recording>>;
+
+/// Entries, and bytes of JSON, one case records at most: a peer that
+/// floods must not make the harness hold (and report) an unbounded
+/// recording. The recording then ends with an error entry saying so.
+pub const RECORD_LIMIT: usize = 20_000;
+pub const RECORD_BYTES: usize = 8 << 20;
 
 fn record(log: &Log, started: Instant, dir: Direction, what: RecordedItem) {
     let at_ms = started.elapsed().as_millis() as u64;
-    log.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Recorded { at_ms, dir, what });
+    let size = match &what {
+        RecordedItem::Header(text) | RecordedItem::Raw(text) | RecordedItem::Error(text) => {
+            text.len()
+        }
+        RecordedItem::Message(value) | RecordedItem::Packet(value) => {
+            serde_json::to_vec(value).map_or(0, |json| json.len())
+        }
+        RecordedItem::Eof => 0,
+    };
+    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+    if log.truncated {
+        return;
+    }
+    if log.entries.len() >= RECORD_LIMIT || log.bytes + size > RECORD_BYTES {
+        log.truncated = true;
+        let why = format!(
+            "recording truncated after {} entries, about {} bytes: the peer sent too much",
+            log.entries.len(),
+            log.bytes
+        );
+        log.entries.push(Recorded {
+            at_ms,
+            dir,
+            what: RecordedItem::Error(why),
+        });
+        return;
+    }
+    log.bytes += size;
+    log.entries.push(Recorded { at_ms, dir, what });
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -117,7 +158,7 @@ pub fn redact(msg: &Value) -> Value {
 
 async fn read_loop(
     mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    tx: mpsc::UnboundedSender<Incoming>,
+    tx: mpsc::Sender<Incoming>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut header = Some(HeaderReader::default());
@@ -126,7 +167,9 @@ async fn read_loop(
         let read = reader.read_buf(&mut buf).await;
         let eof = matches!(read, Ok(0));
         if let Err(err) = read {
-            let _ = tx.send(Incoming::Error(format!("read failed: {err}")));
+            let _ = tx
+                .send(Incoming::Error(format!("read failed: {err}")))
+                .await;
             return;
         }
         if let Some(reader_state) = header.as_mut() {
@@ -135,18 +178,20 @@ async fn read_loop(
                     let line = reader_state.line().to_vec();
                     let _ = buf.split_to(consumed);
                     header = None;
-                    let _ = tx.send(Incoming::Header(line));
+                    let _ = tx.send(Incoming::Header(line)).await;
                 }
                 Ok(Progress::NeedMore) => {
                     buf.clear();
                     if eof {
-                        let _ = tx.send(Incoming::Eof);
+                        let _ = tx.send(Incoming::Eof).await;
                         return;
                     }
                     continue;
                 }
                 Err(err) => {
-                    let _ = tx.send(Incoming::Error(format!("peer header: {err}")));
+                    let _ = tx
+                        .send(Incoming::Error(format!("peer header: {err}")))
+                        .await;
                     return;
                 }
             }
@@ -159,17 +204,17 @@ async fn read_loop(
             };
             match next {
                 Ok(Some(frame)) => {
-                    let _ = tx.send(Incoming::Frame(frame));
+                    let _ = tx.send(Incoming::Frame(frame)).await;
                 }
                 Ok(None) => break,
                 Err(err) => {
-                    let _ = tx.send(Incoming::Error(err.to_string()));
+                    let _ = tx.send(Incoming::Error(err.to_string())).await;
                     return;
                 }
             }
         }
         if eof {
-            let _ = tx.send(Incoming::Eof);
+            let _ = tx.send(Incoming::Eof).await;
             return;
         }
     }
@@ -296,8 +341,15 @@ pub async fn run_with<S: Side>(
                 .events
                 .get(step.wrapping_sub(1))
                 .map_or("?", event_name);
+            // A peer that kept sending did not stall: say which it was.
+            let flooded = log.lock().unwrap_or_else(|p| p.into_inner()).truncated;
+            let how = if flooded {
+                "flooded: the peer sent more than could be recorded"
+            } else {
+                "stalled"
+            };
             Verdict::Fail(format!(
-                "step {step} ({name}): {}: the case did not finish within {limit:?} (stalled)",
+                "step {step} ({name}): {}: the case did not finish within {limit:?} ({how})",
                 case.spec
             ))
         }
@@ -310,9 +362,13 @@ pub async fn run_with<S: Side>(
     for link in links {
         link.shut().await;
     }
-    let recorded = std::mem::take(&mut *log.lock().unwrap_or_else(|p| p.into_inner()));
+    let recorded = std::mem::take(&mut log.lock().unwrap_or_else(|p| p.into_inner()).entries);
     Outcome { verdict, recorded }
 }
+
+/// Frames read ahead of the case; beyond this the reader stops reading
+/// (at most 16 frames of 16 MiB are held).
+const INCOMING_QUEUE: usize = 16;
 
 /// The name of the first link (`switch` names it).
 pub const MAIN_LINK: &str = "main";
@@ -320,7 +376,7 @@ pub const MAIN_LINK: &str = "main";
 /// One stream to the peer: its reader and writer tasks, and what the
 /// harness has learnt about it.
 struct Link {
-    incoming: mpsc::UnboundedReceiver<Incoming>,
+    incoming: mpsc::Receiver<Incoming>,
     out: mpsc::UnboundedSender<Write>,
     /// The peer's EOF has been seen.
     closed: bool,
@@ -333,7 +389,9 @@ struct Link {
 impl Link {
     fn open(stream: Stream, log: &Log, started: Instant) -> Link {
         let (reader, writer) = stream;
-        let (in_tx, incoming) = mpsc::unbounded_channel();
+        // Bounded: a peer that floods waits on its pipe instead of
+        // filling our memory faster than the case can check frames.
+        let (in_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
         let (out, out_rx) = mpsc::unbounded_channel();
         Link {
             incoming,
@@ -905,6 +963,12 @@ impl<S: Side> Run<'_, S> {
     }
 
     async fn next(&mut self, deadline: TokioInstant) -> Option<Incoming> {
+        // While frames keep coming, `recv` is always ready and the case's
+        // own bound (a timeout around the whole case) would only be looked
+        // at when tokio's budget runs out: after 128 frames, which can be
+        // seconds of decoding when a peer floods with big frames. Yielding
+        // here lets the bound be checked once per frame.
+        tokio::task::yield_now().await;
         tokio::time::timeout_at(deadline, self.link.incoming.recv())
             .await
             .ok()

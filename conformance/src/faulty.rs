@@ -98,15 +98,7 @@ impl Fault {
 
     /// The kebab-case name used on the command line.
     pub fn name(self) -> String {
-        let debug = format!("{self:?}");
-        let mut out = String::new();
-        for (i, c) in debug.chars().enumerate() {
-            if c.is_uppercase() && i > 0 {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        }
-        out
+        crate::kebab_case(&format!("{self:?}"))
     }
 
     pub fn parse(name: &str) -> Option<Fault> {

@@ -14,6 +14,8 @@ pub mod checks;
 pub mod engine;
 pub mod expect_fail;
 pub mod faulty;
+#[doc(hidden)]
+pub mod fuzz_entries;
 pub mod link_side;
 pub mod manager_side;
 pub mod matcher;
@@ -30,3 +32,16 @@ pub mod service_watch;
 pub mod target;
 pub mod transcript;
 pub mod tun;
+
+/// `CamelCase` as `camel-case`: how the fault enums' variants are named on
+/// the command line.
+pub(crate) fn kebab_case(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}

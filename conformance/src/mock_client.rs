@@ -56,14 +56,7 @@ impl ClientFault {
 
     /// The kebab-case name used on the command line.
     pub fn name(self) -> String {
-        let mut out = String::new();
-        for (i, c) in format!("{self:?}").chars().enumerate() {
-            if c.is_uppercase() && i > 0 {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        }
-        out
+        crate::kebab_case(&format!("{self:?}"))
     }
 
     pub fn parse(name: &str) -> Option<ClientFault> {
@@ -266,7 +259,11 @@ impl Session<'_> {
                     None => std::future::pending().await,
                 }
             };
+            // Biased, broadcasts first: the speaker queues a broadcast
+            // before it completes the reply read after it, so this keeps
+            // the wire order (§8.3: STARTED comes before StartResponse).
             tokio::select! {
+                biased;
                 inbound = incoming.recv() => {
                     let Some(inbound) = inbound else {
                         let why = speaker

@@ -72,14 +72,7 @@ impl ManagerFault {
 
     /// The kebab-case name used on the command line.
     pub fn name(self) -> String {
-        let mut out = String::new();
-        for (i, c) in format!("{self:?}").chars().enumerate() {
-            if c.is_uppercase() && i > 0 {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        }
-        out
+        crate::kebab_case(&format!("{self:?}"))
     }
 
     pub fn parse(name: &str) -> Option<ManagerFault> {

@@ -108,6 +108,18 @@ pub(crate) fn respond(addresses: &Addresses, packet: &[u8]) -> Verdict {
     }
 }
 
+/// [`respond`] for an agent at `coder` and `tailscale`, reduced to the
+/// reply it would send, if any. Public only so that the fuzz targets
+/// (`codervpn_conformance::fuzz_entries::packet`) can reach the responder
+/// without the rest of the agent.
+#[doc(hidden)]
+pub fn fuzz_respond(coder: Ipv6Addr, tailscale: Ipv6Addr, packet: &[u8]) -> Option<Vec<u8>> {
+    match respond(&Addresses { coder, tailscale }, packet) {
+        Verdict::Reply(reply) => Some(reply),
+        _ => None,
+    }
+}
+
 fn icmp(src: Ipv6Addr, dst: Ipv6Addr, bytes: &[u8]) -> Verdict {
     let Ok(icmp) = Icmpv6Slice::from_slice(bytes) else {
         return Verdict::Drop(DropReason::Malformed);
