@@ -151,10 +151,13 @@ impl Bindings {
                     Some(_) => return fail(format!("a list including {pattern}")),
                 };
                 let mut used = vec![false; items.len()];
-                if self.includes(path, wanted, items, &mut used) {
-                    Ok(())
-                } else {
-                    fail(format!("a list including, in any order, {pattern}"))
+                let mut budget = INCLUDES_BUDGET;
+                match self.includes(path, wanted, items, &mut used, &mut budget) {
+                    Some(true) => Ok(()),
+                    Some(false) => fail(format!("a list including, in any order, {pattern}")),
+                    None => fail(format!(
+                        "a list including, in any order, {pattern} (gave up after {INCLUDES_BUDGET} tries: make the items more specific)"
+                    )),
                 }
             }
             (pattern, None) if is_default(pattern) => Ok(()),
@@ -181,24 +184,31 @@ impl Bindings {
     }
 }
 
+/// Item matches one `$includes` may try. Trying every assignment is
+/// exponential in the worst case (many loose items, one that never
+/// matches); case patterns need a few hundred tries at most.
+const INCLUDES_BUDGET: u32 = 100_000;
+
 impl Bindings {
     /// Whether each of `wanted` matches a distinct unused item of `items`,
-    /// trying every assignment (lists are short); bindings made by the
-    /// successful assignment are kept.
+    /// trying every assignment; bindings made by the successful assignment
+    /// are kept. `None` when the budget ran out first.
     fn includes(
         &mut self,
         path: &str,
         wanted: &[Value],
         items: &[Value],
         used: &mut [bool],
-    ) -> bool {
+        budget: &mut u32,
+    ) -> Option<bool> {
         let Some((first, rest)) = wanted.split_first() else {
-            return true;
+            return Some(true);
         };
         for (i, item) in items.iter().enumerate() {
             if used[i] {
                 continue;
             }
+            *budget = budget.checked_sub(1)?;
             let mut trial = self.clone();
             if trial
                 .match_at(&format!("{path}[{i}]"), first, Some(item))
@@ -207,13 +217,13 @@ impl Bindings {
                 continue;
             }
             used[i] = true;
-            if trial.includes(path, rest, items, used) {
+            if trial.includes(path, rest, items, used, budget)? {
                 *self = trial;
-                return true;
+                return Some(true);
             }
             used[i] = false;
         }
-        false
+        Some(false)
     }
 }
 
@@ -283,6 +293,18 @@ mod tests {
             b.matches(&json!({"rpc": {"responseTo": "$start"}}), &reply)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn includes_gives_up_on_a_hopeless_search_with_a_clear_message() {
+        let mut wanted: Vec<Value> = (0..10).map(|_| json!({})).collect();
+        wanted.push(json!({"never": 1}));
+        let items: Vec<Value> = (0..20).map(|i| json!({"n": i})).collect();
+        let mut b = Bindings::default();
+        let err = b
+            .matches(&json!({"x": {"$includes": wanted}}), &json!({"x": items}))
+            .unwrap_err();
+        assert!(err.to_string().contains("gave up after"), "{err}");
     }
 
     #[test]
