@@ -4,12 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_codervpn");
 /// The API token the suite gives the tunnel (`runner::SUITE_TOKEN`).
@@ -21,40 +22,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 /// Runs `codervpn conform ARGS` with no terminal (so no progress bar),
 /// killing it if it outlives [`RUN_LIMIT`].
 fn conform(args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("conform")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > RUN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("codervpn conform {args:?} ran for more than {RUN_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+    common::run_bounded(Command::new(BIN).arg("conform").args(args), RUN_LIMIT)
 }
 
 fn text(bytes: &[u8]) -> String {

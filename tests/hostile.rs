@@ -11,12 +11,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_codervpn");
 const PEER: &str = concat!(
@@ -44,41 +45,15 @@ fn conform(args: &[&str]) -> Output {
 }
 
 fn conform_within(args: &[&str], timeout_ms: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("conform")
-        .args(args)
-        .args(["--format", "json", "--timeout-ms", timeout_ms])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > RUN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("codervpn conform {args:?} hung for more than {RUN_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+    common::run_bounded(
+        Command::new(BIN).arg("conform").args(args).args([
+            "--format",
+            "json",
+            "--timeout-ms",
+            timeout_ms,
+        ]),
+        RUN_LIMIT,
+    )
 }
 
 /// Each case's (id, grade, message) from a JSON report.
