@@ -30,20 +30,7 @@ pub struct Deployment {
     pub version: String,
 }
 
-/// The error and its causes on one line.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use codervpn_reference_tunnel::control::client::chain;
 
 /// Checks the request and the deployment: URL, token, server version,
 /// token accepted.

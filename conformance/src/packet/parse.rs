@@ -113,19 +113,15 @@ fn layers(bytes: &[u8], out: &mut Map<String, Value>) -> Result<(), String> {
             }
             out.insert("icmpv6".into(), fields);
             if kind == 128 || kind == 129 {
-                let rest = icmp.bytes5to8();
                 let name = if kind == 128 {
                     "echo_request"
                 } else {
                     "echo_reply"
                 };
-                let mut echo = json!({
-                    "src": src, "dst": dst,
-                    "id": u16::from_be_bytes([rest[0], rest[1]]),
-                    "seq": u16::from_be_bytes([rest[2], rest[3]]),
-                });
-                payload_fields(&mut echo, icmp.payload());
-                out.insert(name.into(), echo);
+                out.insert(
+                    name.into(),
+                    echo(&src, &dst, icmp.bytes5to8(), icmp.payload()),
+                );
             }
             if !icmp.is_checksum_valid(s, d) {
                 return Err(format!("bad ICMPv6 checksum {:#06x}", icmp.checksum()));
@@ -139,19 +135,15 @@ fn layers(bytes: &[u8], out: &mut Map<String, Value>) -> Result<(), String> {
                 json!({"src": src, "dst": dst, "type": kind, "code": icmp.code_u8()}),
             );
             if kind == 0 || kind == 8 {
-                let rest = icmp.bytes5to8();
                 let name = if kind == 8 {
                     "echo_request"
                 } else {
                     "echo_reply"
                 };
-                let mut echo = json!({
-                    "src": src, "dst": dst,
-                    "id": u16::from_be_bytes([rest[0], rest[1]]),
-                    "seq": u16::from_be_bytes([rest[2], rest[3]]),
-                });
-                payload_fields(&mut echo, icmp.payload());
-                out.insert(name.into(), echo);
+                out.insert(
+                    name.into(),
+                    echo(&src, &dst, icmp.bytes5to8(), icmp.payload()),
+                );
             }
             let sum = icmp.icmp_type().calc_checksum(icmp.payload());
             if sum != icmp.checksum() {
@@ -372,6 +364,18 @@ pub fn summary(description: &Value) -> String {
         text.push_str(&format!(" ({error})"));
     }
     text
+}
+
+/// An echo request or reply's description; `rest` is the ICMP header's
+/// bytes 4-7 (identifier, sequence number), the same in ICMPv4 and ICMPv6.
+fn echo(src: &str, dst: &str, rest: [u8; 4], payload: &[u8]) -> Value {
+    let mut echo = json!({
+        "src": src, "dst": dst,
+        "id": u16::from_be_bytes([rest[0], rest[1]]),
+        "seq": u16::from_be_bytes([rest[2], rest[3]]),
+    });
+    payload_fields(&mut echo, payload);
+    echo
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub enum ControlError {
 }
 
 /// The error and its causes on one line: "a: b: c".
-fn chain(err: &dyn std::error::Error) -> String {
+pub fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
