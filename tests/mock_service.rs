@@ -40,6 +40,19 @@ fn scratch() -> PathBuf {
     dir
 }
 
+/// The mock service's download directories in `dir`.
+fn download_dirs(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("codervpn-mock-service-")
+        })
+        .count()
+}
+
 async fn mock_coder(download: DownloadConfig) -> MockCoder {
     MockCoder::start(MockConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -382,11 +395,15 @@ async fn full_start_progress_peers_status_stop_and_a_cached_restart() {
         .map(|r| r.status)
         .collect();
     assert_eq!(statuses, [200, 304]);
+    // The download directory is beside the socket (where a killed service
+    // leaves it for whoever owns that place), not in the system temp dir.
+    assert_eq!(download_dirs(&dir), 1);
 
-    // Ending the service stops the tunnel and exits 0.
+    // Ending the service stops the tunnel, removes its files and exits 0.
     let status = svc.terminate().await;
     assert!(status.success(), "{status:?}");
     assert!(!socket.exists());
+    assert_eq!(download_dirs(&dir), 0);
     mock.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }

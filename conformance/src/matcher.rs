@@ -80,16 +80,20 @@ impl Bindings {
     /// the pattern are bound to what they matched.
     pub fn matches(&mut self, pattern: &Value, actual: &Value) -> Result<(), Mismatch> {
         let mut trial = self.clone();
-        trial.match_at("$", pattern, Some(actual))?;
+        let mut steps = MATCH_STEPS;
+        trial.match_at("$", pattern, Some(actual), &mut steps)?;
         *self = trial;
         Ok(())
     }
 
+    /// `steps` is what is left of the [`MATCH_STEPS`] one match may take;
+    /// when it runs out, every pending comparison fails with "gave up".
     fn match_at(
         &mut self,
         path: &str,
         pattern: &Value,
         actual: Option<&Value>,
+        steps: &mut u32,
     ) -> Result<(), Mismatch> {
         let fail = |expected: String| {
             Err(Mismatch {
@@ -98,6 +102,12 @@ impl Bindings {
                 actual: actual.map_or("absent".into(), Value::to_string),
             })
         };
+        let Some(left) = steps.checked_sub(1) else {
+            return fail(format!(
+                "{pattern} (gave up after {MATCH_STEPS} steps: make the pattern's $includes items more specific)"
+            ));
+        };
+        *steps = left;
         match (pattern, actual) {
             (Value::Null, None) => Ok(()),
             (Value::Null, Some(_)) => fail("absent".into()),
@@ -151,12 +161,11 @@ impl Bindings {
                     Some(_) => return fail(format!("a list including {pattern}")),
                 };
                 let mut used = vec![false; items.len()];
-                let mut budget = INCLUDES_BUDGET;
-                match self.includes(path, wanted, items, &mut used, &mut budget) {
+                match self.includes(path, wanted, items, &mut used, steps) {
                     Some(true) => Ok(()),
                     Some(false) => fail(format!("a list including, in any order, {pattern}")),
                     None => fail(format!(
-                        "a list including, in any order, {pattern} (gave up after {INCLUDES_BUDGET} tries: make the items more specific)"
+                        "a list including, in any order, {pattern} (gave up after {MATCH_STEPS} steps: make the items more specific)"
                     )),
                 }
             }
@@ -165,7 +174,7 @@ impl Bindings {
             (Value::Object(fields), Some(Value::Object(actual))) => {
                 for (key, sub) in fields {
                     let found = lookup(actual, key);
-                    self.match_at(&format!("{path}.{key}"), sub, found)?;
+                    self.match_at(&format!("{path}.{key}"), sub, found, steps)?;
                 }
                 Ok(())
             }
@@ -174,7 +183,7 @@ impl Bindings {
                     return fail(format!("{} items: {pattern}", items.len()));
                 }
                 for (i, (sub, got)) in items.iter().zip(actual).enumerate() {
-                    self.match_at(&format!("{path}[{i}]"), sub, Some(got))?;
+                    self.match_at(&format!("{path}[{i}]"), sub, Some(got), steps)?;
                 }
                 Ok(())
             }
@@ -184,22 +193,24 @@ impl Bindings {
     }
 }
 
-/// Item matches one `$includes` may try. Trying every assignment is
-/// exponential in the worst case (many loose items, one that never
-/// matches); case patterns need a few hundred tries at most.
-const INCLUDES_BUDGET: u32 = 100_000;
+/// Pattern nodes one match may compare, nested `$includes` searches and
+/// all. Trying every `$includes` assignment is exponential in the worst
+/// case (many loose items, one that never matches, or lists within
+/// lists); the catalogue's patterns take a few thousand steps at most, and
+/// a million takes well under a second.
+const MATCH_STEPS: u32 = 1_000_000;
 
 impl Bindings {
     /// Whether each of `wanted` matches a distinct unused item of `items`,
     /// trying every assignment; bindings made by the successful assignment
-    /// are kept. `None` when the budget ran out first.
+    /// are kept. `None` when the step budget ran out first.
     fn includes(
         &mut self,
         path: &str,
         wanted: &[Value],
         items: &[Value],
         used: &mut [bool],
-        budget: &mut u32,
+        steps: &mut u32,
     ) -> Option<bool> {
         let Some((first, rest)) = wanted.split_first() else {
             return Some(true);
@@ -208,16 +219,18 @@ impl Bindings {
             if used[i] {
                 continue;
             }
-            *budget = budget.checked_sub(1)?;
             let mut trial = self.clone();
             if trial
-                .match_at(&format!("{path}[{i}]"), first, Some(item))
+                .match_at(&format!("{path}[{i}]"), first, Some(item), steps)
                 .is_err()
             {
+                if *steps == 0 {
+                    return None;
+                }
                 continue;
             }
             used[i] = true;
-            if trial.includes(path, rest, items, used, budget)? {
+            if trial.includes(path, rest, items, used, steps)? {
                 *self = trial;
                 return Some(true);
             }
@@ -303,6 +316,21 @@ mod tests {
         let mut b = Bindings::default();
         let err = b
             .matches(&json!({"x": {"$includes": wanted}}), &json!({"x": items}))
+            .unwrap_err();
+        assert!(err.to_string().contains("gave up after"), "{err}");
+    }
+
+    #[test]
+    fn nested_includes_share_one_budget() {
+        // Each of the 20 outer tries runs a hopeless inner search: with a
+        // budget per search, each would spend a whole budget of its own.
+        let mut inner: Vec<Value> = (0..10).map(|_| json!({})).collect();
+        inner.push(json!({"never": 1}));
+        let leaf: Vec<Value> = (0..20).map(|i| json!({"n": i})).collect();
+        let items: Vec<Value> = (0..20).map(|_| json!({"l": leaf})).collect();
+        let pattern = json!({"x": {"$includes": [{"l": {"$includes": inner}}]}});
+        let err = Bindings::default()
+            .matches(&pattern, &json!({"x": items}))
             .unwrap_err();
         assert!(err.to_string().contains("gave up after"), "{err}");
     }

@@ -3,7 +3,8 @@
 //! it sends, resolving the packet patterns it expects), and the matcher on
 //! arbitrary JSON. Invariants: a loaded transcript survives a round trip
 //! through its JSON value; a failed match leaves the bindings as they
-//! were; a `$`-free pattern matches itself.
+//! were; a `$`-free pattern matches itself. Nothing here limits input
+//! size: the matcher's own step budget must keep every input cheap.
 
 use serde_json::Value;
 
@@ -11,15 +12,6 @@ use crate::matcher::Bindings;
 use crate::packet::pattern::{resolve_packet, resolve_pattern};
 use crate::packet::{build, describe};
 use crate::transcript::{Event, Transcript};
-
-/// Patterns are matched only when they have at most this many JSON nodes
-/// and [`MAX_WANTED`] `$includes` items in all; larger inputs are still
-/// loaded, just not matched. The `$includes` search tries every
-/// assignment, so its cost grows as (list items)^(wanted items): fine for
-/// the catalogue's patterns (a case author writes them, a peer only
-/// supplies the list), but a fuzzer finds a slow input within seconds.
-const MATCH_BUDGET: usize = 64;
-const MAX_WANTED: usize = 3;
 
 /// The input as UTF-8 text (lossy) is a transcript, or any JSON value.
 pub fn transcript(data: &[u8]) {
@@ -57,7 +49,7 @@ fn prepare(loaded: &Transcript) {
             Event::Send(message) => {
                 let _ = bindings.resolve(message);
             }
-            Event::Expect(expectation) if affordable(&expectation.message) => {
+            Event::Expect(expectation) => {
                 let message = expectation.message.clone();
                 let _ = bindings.clone().matches(&expectation.message, &message);
             }
@@ -77,9 +69,6 @@ fn prepare(loaded: &Transcript) {
 /// The matcher on arbitrary JSON: `[pattern, actual]` pairs, and every
 /// value against itself.
 fn matching(value: &Value) {
-    if !affordable(value) {
-        return;
-    }
     let mut bindings = Bindings::default();
     let _ = bindings.resolve(value);
     if let Some([pattern, actual]) = value.as_array().map(Vec::as_slice) {
@@ -89,39 +78,14 @@ fn matching(value: &Value) {
         }
     }
     if literal(value) {
+        // Unless it is too big for the step budget (over a million nodes).
         let matched = Bindings::default().matches(value, value);
         assert!(
-            matched.is_ok(),
+            matched
+                .as_ref()
+                .map_or_else(|e| e.to_string().contains("gave up after"), |()| true),
             "a literal pattern must match itself: {matched:?}"
         );
-    }
-}
-
-/// Nodes in a JSON value.
-fn size(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(size).sum::<usize>(),
-        Value::Object(map) => 1 + map.values().map(size).sum::<usize>(),
-        _ => 1,
-    }
-}
-
-fn affordable(value: &Value) -> bool {
-    size(value) <= MATCH_BUDGET && wanted(value) <= MAX_WANTED
-}
-
-/// `$includes` items in a pattern, nested ones included.
-fn wanted(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => items.iter().map(wanted).sum(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| match (k.as_str(), v) {
-                ("$includes", Value::Array(items)) => items.len() + wanted(v),
-                _ => wanted(v),
-            })
-            .sum(),
-        _ => 0,
     }
 }
 

@@ -41,9 +41,12 @@ const ORIGINAL_LENGTH: &str = "X-Original-Content-Length";
 
 /// Where downloads go: a directory made at the first download (a service
 /// that is never asked to Start leaves nothing behind) and removed with
-/// the service.
-#[derive(Debug, Default)]
+/// the service. It is made beside the service's socket, not in the system
+/// temp directory, so that a service killed before it can clean up leaves
+/// its files where whoever chose the socket's place will remove them.
+#[derive(Debug)]
 pub struct Downloads {
+    parent: PathBuf,
     dir: std::sync::Mutex<Option<Arc<tempfile::TempDir>>>,
     attempts: AtomicU64,
 }
@@ -58,6 +61,15 @@ pub enum Fetched {
 }
 
 impl Downloads {
+    /// Downloads into a new directory under `parent`.
+    pub fn beside(parent: PathBuf) -> Downloads {
+        Downloads {
+            parent,
+            dir: std::sync::Mutex::default(),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
     fn dir(&self) -> Result<Arc<tempfile::TempDir>, String> {
         let mut dir = self
             .dir
@@ -68,8 +80,13 @@ impl Downloads {
         }
         let made = tempfile::Builder::new()
             .prefix("codervpn-mock-service-")
-            .tempdir()
-            .map_err(|err| format!("cannot make a download directory: {err}"))?;
+            .tempdir_in(&self.parent)
+            .map_err(|err| {
+                format!(
+                    "cannot make a download directory in {}: {err}",
+                    self.parent.display()
+                )
+            })?;
         let made = Arc::new(made);
         *dir = Some(made.clone());
         Ok(made)

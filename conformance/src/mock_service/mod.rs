@@ -214,12 +214,16 @@ impl MockService {
             source,
         })?;
         let (deaths_tx, deaths) = mpsc::unbounded_channel();
+        let socket_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
         let service = Service {
             config,
             hub: Arc::new(Hub::default()),
             op: tokio::sync::Mutex::new(None),
             generations: AtomicU64::new(0),
-            downloads: Downloads::default(),
+            downloads: Downloads::beside(socket_dir),
             closing: CancellationToken::new(),
             deaths: deaths_tx,
             telemetry: Telemetry::detect(),
