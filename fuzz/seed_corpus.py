@@ -199,3 +199,47 @@ pairs = [
 ]
 for i, p in enumerate(pairs):
     write("transcript", json.dumps(p).encode(), f"match{i}")
+
+# control_updates: control-plane messages, one per line, as the mock
+# control plane sends them (snapshot, upserts, deletions, renames).
+def uid(n):
+    return f"00000000-0000-4000-8000-{n:012x}"
+
+
+def ws(n, name, status="running"):
+    return {"id": uid(n), "name": name, "status": status}
+
+
+def agent(n, name, w, key=None):
+    a = {"id": uid(n), "name": name, "workspace_id": uid(w)}
+    if key is not None:
+        a["node"] = {"public_key": key, "endpoint": f"127.0.0.1:{51820 + n}"}
+    return a
+
+
+def update(**fields):
+    return {"type": "update", **fields}
+
+
+KEY = "q0Pfx3sLyDdV8pkDbKZ5oC1aaXDYgUHJq4Ljr8dQHAE="
+timelines = {
+    "snapshot": [update(snapshot=True, upserted_workspaces=[ws(1, "dev"), ws(2, "Ops", "stopped")],
+                        upserted_agents=[agent(11, "main", 1, KEY), agent(21, "db", 2)])],
+    "second-agent": [update(snapshot=True, upserted_workspaces=[ws(1, "dev")], upserted_agents=[agent(11, "main", 1, KEY)]),
+                     update(upserted_agents=[agent(12, "side", 1)]),
+                     update(deleted_agents=[uid(11)])],
+    "move-and-delete": [update(snapshot=True, upserted_workspaces=[ws(1, "dev"), ws(2, "web")],
+                               upserted_agents=[agent(11, "main", 1), agent(21, "main", 2)]),
+                        update(upserted_agents=[agent(11, "main", 2)]),
+                        update(deleted_workspaces=[uid(1)], deleted_agents=[uid(21)]),
+                        update(snapshot=True)],
+    "same-update-delete-and-upsert": [update(upserted_workspaces=[ws(1, "Dev")], upserted_agents=[agent(11, "A", 1)]),
+                                      update(deleted_agents=[uid(11)], upserted_agents=[agent(11, "b", 1)])],
+    "agent-without-workspace": [update(upserted_agents=[agent(11, "orphan", 9)]),
+                                update(upserted_workspaces=[ws(9, "late")])],
+    "duplicate-names": [update(snapshot=True, upserted_workspaces=[ws(1, "dev"), ws(2, "DEV")],
+                               upserted_agents=[agent(11, "main", 1), agent(21, "main", 2), agent(11, "main", 2)])],
+}
+for name, lines in timelines.items():
+    write("control_updates", "\n".join(json.dumps(m) for m in lines).encode() + b"\n", name)
+write("control_updates", b'{"type":"update","snapshot":true}\n{"type":"node"}\nnot json\n', "unknown-and-garbage")

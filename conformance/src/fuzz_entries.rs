@@ -13,6 +13,7 @@
 //! A panic here is a finding: either in the code under test or in the
 //! invariant, and both are worth a regression file.
 
+mod control;
 mod frames;
 mod handshake;
 mod packets;
@@ -20,6 +21,7 @@ mod speaker;
 mod transcript;
 mod tunnel;
 
+pub use control::control_updates;
 pub use frames::frame_decoder;
 pub use handshake::handshake;
 pub use packets::{dns, packet};
@@ -41,6 +43,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("speaker_client", speaker_client),
     ("speaker_service", speaker_service),
     ("tunnel_requests", tunnel_requests),
+    ("control_updates", control_updates),
     ("packet", packet),
     ("dns", dns),
 ];
