@@ -235,7 +235,7 @@ fn dns_fields(payload: &[u8], src: &str, dst: &str) -> Option<Value> {
         .map(|record| match record.data() {
             RData::AAAA(aaaa) => aaaa.0.to_string(),
             RData::A(a) => a.0.to_string(),
-            other => other.to_string(),
+            other => rdata_text(other),
         })
         .collect();
     Some(json!({
@@ -247,6 +247,18 @@ fn dns_fields(payload: &[u8], src: &str, dst: &str) -> Option<Value> {
         "qtype": question.map(|q| q.query_type().to_string()),
         "answers": answers,
     }))
+}
+
+/// A record's data as text. hickory's `Display` returns an error for some
+/// records it parsed (found by the `dns` fuzz target), which `to_string`
+/// turns into a panic: such data is named by its type instead.
+fn rdata_text(data: &RData) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    match write!(text, "{data}") {
+        Ok(()) => text,
+        Err(_) => format!("unprintable {} data", data.record_type()),
+    }
 }
 
 /// Lower case with the trailing dot, as names are published (§6.7).
