@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use codervpn_codec::{Client, Service, VersionList};
-use codervpn_conformance::engine::{self, Connector, Verdict};
+use codervpn_codec::VersionList;
+use codervpn_conformance::engine::Verdict;
+use codervpn_conformance::link_side;
 use codervpn_conformance::mock_client::{self, ClientFault, ClientOptions};
 use codervpn_conformance::transcript::Transcript;
 use serde_json::Value;
@@ -170,21 +171,7 @@ async fn play(args: &MockClientArgs, path: &PathBuf) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    let split = |stream: tokio::net::UnixStream| -> codervpn_conformance::target::Stream {
-        let (r, w) = stream.into_split();
-        (Box::new(r), Box::new(w))
-    };
-    let connector: Connector = Box::new(move || {
-        let socket = socket.clone();
-        Box::pin(async move {
-            tokio::net::UnixStream::connect(&socket)
-                .await
-                .map(split)
-                .map_err(|e| format!("cannot connect again: {e}"))
-        })
-    });
-    let outcome =
-        engine::run_with::<Client>(&case, split(stream), None, "", None, Some(connector)).await;
+    let outcome = link_side::client_of(&case, stream, &socket, None, "").await;
     if let Some(file) = &args.record {
         let mut recording = case.clone();
         recording.recorded = outcome.recorded.clone();
@@ -277,23 +264,7 @@ pub fn fake_service(args: FakeServiceArgs) -> ExitCode {
             eprintln!("error: no client within {limit:?}");
             return ExitCode::FAILURE;
         };
-        let split = |stream: tokio::net::UnixStream| -> codervpn_conformance::target::Stream {
-            let (r, w) = stream.into_split();
-            (Box::new(r), Box::new(w))
-        };
-        let connector: Connector = Box::new(move || {
-            let listener = listener.clone();
-            Box::pin(async move {
-                listener
-                    .accept()
-                    .await
-                    .map(|(stream, _)| split(stream))
-                    .map_err(|e| format!("accept failed: {e}"))
-            })
-        });
-        let outcome =
-            engine::run_with::<Service>(&case, split(stream), None, "", None, Some(connector))
-                .await;
+        let outcome = link_side::serve_client(&case, stream, listener).await;
         match outcome.verdict {
             Verdict::Fail(why) => {
                 eprintln!("fake service: {why}");

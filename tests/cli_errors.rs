@@ -252,7 +252,7 @@ fn conform_refuses_bad_flags_before_running_anything() {
     refused(
         &["conform", "--manager-cmd", ""],
         2,
-        &["the manager command line is empty"],
+        &["--manager-cmd: the command line is empty"],
     );
     refused(
         &["conform", "--manager-cmd", "mgr"],

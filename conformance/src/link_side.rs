@@ -23,7 +23,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 
 use crate::engine::{self, Connector, Outcome, Verdict};
-use crate::target::{Stream, keep_stderr};
+use crate::target::{Stream, command_words, keep_stderr};
 use crate::transcript::{Target, Transcript};
 
 /// How long a service may take to listen, or a client to connect, after
@@ -49,15 +49,7 @@ impl SocketLaunch {
     }
 
     fn words(&self, socket: &Path) -> Result<Vec<String>, String> {
-        let words = shell_words::split(&self.command).map_err(|_| {
-            format!(
-                "cannot split the command line {:?}: unbalanced quotes",
-                self.command
-            )
-        })?;
-        if words.is_empty() {
-            return Err("the command line is empty".into());
-        }
+        let words = command_words(&self.command).map_err(|err| err.to_string())?;
         let socket = socket.to_string_lossy();
         Ok(words
             .into_iter()
@@ -246,6 +238,18 @@ async fn play_client(
             ));
         }
     };
+    client_of(case, stream, socket, mock, token).await
+}
+
+/// Plays `case` as a client of the service at `socket`, already connected
+/// as `first`; `reconnect` and `connect` events dial `socket` again.
+pub async fn client_of(
+    case: &Transcript,
+    first: UnixStream,
+    socket: &Path,
+    mock: Option<&MockCoder>,
+    token: &str,
+) -> Outcome {
     let path = socket.to_path_buf();
     let connector: Connector = Box::new(move || {
         let path = path.clone();
@@ -256,7 +260,7 @@ async fn play_client(
                 .map_err(|e| format!("cannot connect to the service again: {e}"))
         })
     });
-    engine::run_with::<Client>(case, split(stream), mock, token, None, Some(connector)).await
+    engine::run_with::<Client>(case, split(first), mock, token, None, Some(connector)).await
 }
 
 /// Target `client`: accept its connection, then play the service.
@@ -287,6 +291,16 @@ async fn play_service(
             ));
         }
     };
+    serve_client(case, stream, listener).await
+}
+
+/// Plays `case` as the service to a client already connected as `first`;
+/// the client's later connections (§8.1) are accepted on `listener`.
+pub async fn serve_client(
+    case: &Transcript,
+    first: UnixStream,
+    listener: Arc<UnixListener>,
+) -> Outcome {
     let connector: Connector = Box::new(move || {
         let listener = listener.clone();
         Box::pin(async move {
@@ -297,7 +311,7 @@ async fn play_service(
                 .map_err(|e| format!("accepting the client again failed: {e}"))
         })
     });
-    engine::run_with::<Service>(case, split(stream), None, "", None, Some(connector)).await
+    engine::run_with::<Service>(case, split(first), None, "", None, Some(connector)).await
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use crate::engine::{Outcome, Verdict};
+use crate::target::command_words;
 use crate::transcript::Transcript;
 
 /// How to start the manager under test.
@@ -26,15 +27,7 @@ pub struct ManagerLaunch {
 
 impl ManagerLaunch {
     pub fn check(&self) -> Result<(), String> {
-        let words = shell_words::split(&self.command).map_err(|_| {
-            format!(
-                "cannot split the command line {:?}: unbalanced quotes",
-                self.command
-            )
-        })?;
-        if words.is_empty() {
-            return Err("the manager command line is empty".into());
-        }
+        command_words(&self.command).map_err(|err| format!("--manager-cmd: {err}"))?;
         if !self.command.contains("{tunnel_cmd}") {
             return Err(format!(
                 "--manager-cmd needs {{tunnel_cmd}} in {:?}",
@@ -81,18 +74,17 @@ async fn run_with_socket(case: &Transcript, launch: &ManagerLaunch, socket: &Pat
         "--timeout-ms",
         &case.timeout_ms.to_string(),
     ]);
-    let words: Vec<String> = match shell_words::split(&launch.command) {
+    let words: Vec<String> = match command_words(&launch.command) {
         Ok(words) => words
             .into_iter()
             .map(|w| w.replace("{tunnel_cmd}", &tunnel_cmd))
             .collect(),
-        Err(_) => return failed("the manager command line does not split".into()),
+        Err(err) => return failed(format!("--manager-cmd: {err}")),
     };
-    let Some((program, args)) = words.split_first() else {
-        return failed("the manager command line is empty".into());
-    };
+    // Not empty: command_words refuses an empty line.
+    let program = &words[0];
     let mut manager = match Command::new(program)
-        .args(args)
+        .args(&words[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -68,6 +68,16 @@ pub type Stream = (
 
 const STDERR_KEEP: usize = 16 * 1024;
 
+/// A command line split as a POSIX shell would: every launch flag
+/// (`--tunnel-cmd`, `--manager-cmd`, `--service-cmd`, ...) goes through here.
+pub fn command_words(line: &str) -> Result<Vec<String>, LaunchError> {
+    let words = shell_words::split(line).map_err(|_| LaunchError::Split(line.to_owned()))?;
+    if words.is_empty() {
+        return Err(LaunchError::Empty);
+    }
+    Ok(words)
+}
+
 impl Launch {
     /// Checks the command line (placeholders, quoting) without running it.
     pub fn check(&self) -> Result<(), LaunchError> {
@@ -78,7 +88,7 @@ impl Launch {
         let line = match self {
             Launch::Fds(line) | Launch::Stdio(line) => line,
         };
-        let mut words = shell_words::split(line).map_err(|_| LaunchError::Split(line.clone()))?;
+        let mut words = command_words(line)?;
         if let Launch::Fds(_) = self {
             if !line.contains("{rpc_read_fd}") || !line.contains("{rpc_write_fd}") {
                 return Err(LaunchError::Placeholders(line.clone()));
@@ -90,9 +100,6 @@ impl Launch {
             }
         }
         words.extend(extra.iter().cloned());
-        if words.is_empty() {
-            return Err(LaunchError::Empty);
-        }
         Ok(words)
     }
 

@@ -591,59 +591,18 @@ async fn shutdown_stops_every_agent() {
 /// TCP echo through the tunnel with a real TCP client (smoltcp).
 #[tokio::test]
 async fn tcp_echo_moves_kilobytes_both_ways() {
+    use codervpn_mock_coder::agents::PacketQueues;
     use smoltcp::iface::{Config, Interface, SocketSet};
-    use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
     use smoltcp::socket::tcp;
     use smoltcp::time::Instant;
     use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
-
-    #[derive(Default)]
-    struct Queues {
-        rx: Vec<Vec<u8>>,
-        tx: Vec<Vec<u8>>,
-    }
-    struct Rx(Vec<u8>);
-    struct Tx<'a>(&'a mut Vec<Vec<u8>>);
-    impl RxToken for Rx {
-        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-            f(&self.0)
-        }
-    }
-    impl TxToken for Tx<'_> {
-        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-            let mut packet = vec![0; len];
-            let result = f(&mut packet);
-            self.0.push(packet);
-            result
-        }
-    }
-    impl Device for Queues {
-        type RxToken<'a> = Rx;
-        type TxToken<'a> = Tx<'a>;
-        fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
-            if self.rx.is_empty() {
-                return None;
-            }
-            let packet = self.rx.remove(0);
-            Some((Rx(packet), Tx(&mut self.tx)))
-        }
-        fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
-            Some(Tx(&mut self.tx))
-        }
-        fn capabilities(&self) -> DeviceCapabilities {
-            let mut caps = DeviceCapabilities::default();
-            caps.medium = Medium::Ip;
-            caps.max_transmission_unit = 1280;
-            caps
-        }
-    }
 
     let (mock, _ws, mut client, _agent) = setup().await;
     let me = tunnel_address();
     let agent = ids::ping_address(AGENT);
     let epoch = std::time::Instant::now();
     let now = || Instant::from_millis(epoch.elapsed().as_millis() as i64);
-    let mut queues = Queues::default();
+    let mut queues = PacketQueues::default();
     let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut queues, now());
     iface.update_ip_addrs(|ips| ips.push(IpCidr::new(IpAddress::Ipv6(me), 128)).unwrap());
     iface.routes_mut().add_default_ipv6_route(me).unwrap();
@@ -699,7 +658,7 @@ async fn tcp_echo_moves_kilobytes_both_ways() {
             break;
         }
         if let Some(packet) = client.recv_within(Duration::from_millis(10)).await {
-            queues.rx.push(packet);
+            queues.rx.push_back(packet);
         }
     }
     for (_, _, received) in &handles {

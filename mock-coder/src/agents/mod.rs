@@ -20,6 +20,8 @@ pub mod stats;
 mod tcp;
 mod wg;
 
+pub use tcp::PacketQueues;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};

@@ -35,15 +35,19 @@ const QUEUE: usize = 256;
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Packets in and out of the stack.
+/// A smoltcp device that is two packet queues: `rx` is what the stack
+/// reads next, `tx` what it wrote. The agent's stack uses it, and so can
+/// a test that wants a real TCP client on the other end of the tunnel.
 #[derive(Debug, Default)]
-struct Queues {
-    rx: VecDeque<Vec<u8>>,
-    tx: Vec<Vec<u8>>,
+pub struct PacketQueues {
+    pub rx: VecDeque<Vec<u8>>,
+    pub tx: Vec<Vec<u8>>,
 }
 
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+#[derive(Debug)]
+pub struct Rx(Vec<u8>);
+#[derive(Debug)]
+pub struct Tx<'a>(&'a mut Vec<Vec<u8>>);
 
 impl RxToken for Rx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -60,7 +64,7 @@ impl TxToken for Tx<'_> {
     }
 }
 
-impl Device for Queues {
+impl Device for PacketQueues {
     type RxToken<'a> = Rx;
     type TxToken<'a> = Tx<'a>;
 
@@ -84,7 +88,7 @@ impl Device for Queues {
 /// One agent's TCP stack.
 pub(crate) struct TcpEcho {
     iface: Interface,
-    queues: Queues,
+    queues: PacketQueues,
     sockets: SocketSet<'static>,
     handles: Vec<SocketHandle>,
     epoch: std::time::Instant,
@@ -102,7 +106,7 @@ impl std::fmt::Debug for TcpEcho {
 impl TcpEcho {
     pub(crate) fn new(addresses: Addresses) -> TcpEcho {
         let epoch = std::time::Instant::now();
-        let mut queues = Queues::default();
+        let mut queues = PacketQueues::default();
         let mut config = Config::new(HardwareAddress::Ip);
         // Initial sequence numbers need not be secret here, only varied.
         config.random_seed = std::collections::hash_map::RandomState::new()
